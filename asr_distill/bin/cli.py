@@ -1,0 +1,188 @@
+"""``asr-distill``: a thin click CLI over the library; every command only parses arguments and calls a function.
+
+Stage commands take ``--exp-dir`` and skip themselves when their ``EXP/.done/<stage>`` marker exists (``--force``
+redoes them); an interrupted stage has no marker and is redone from its start.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+
+import click
+
+from ..utils import setup_logging
+
+log = logging.getLogger("asr_distill")
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="debug logging")
+def cli(verbose: bool) -> None:
+    """asr-distill: ensemble -> student distillation for hybrid HMM-DNN ASR, scored with a WFST decoder."""
+    setup_logging(verbose)
+
+
+def stage_command(stage: str):
+    """Wrap a stage: skip when done (unless --force), log its time, mark it done at the end."""
+
+    def deco(fn):
+        @click.option("--exp-dir", required=True, type=click.Path(file_okay=False), help="experiment directory")
+        @click.option("--corpus", default="an4", show_default=True, help="corpus name (results.json)")
+        @click.option("--force", is_flag=True, help="redo the stage even if it finished before")
+        @functools.wraps(fn)
+        def wrapper(exp_dir, corpus, force, **kwargs):
+            from ..pipeline import Experiment
+
+            exp = Experiment(exp_dir, corpus)
+            if exp.done(stage) and not force:
+                log.info("stage %s: already done (%s); --force to redo", stage, exp / ".done" / stage)
+                return
+            t0 = time.time()
+            log.info("stage %s: start", stage)
+            info = fn(exp, **kwargs) or {}
+            exp.mark_done(stage, {"seconds": round(time.time() - t0, 1), **(info if isinstance(info, dict) else {})})
+            log.info("stage %s: done in %.0f s", stage, time.time() - t0)
+
+        return wrapper
+
+    return deco
+
+
+@cli.command()
+@click.option("--corpus-dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--skip-bad", is_flag=True, help="leave bad utterances out (listed in data/bad_utterances.txt)")
+@click.option("--dev-fraction", default=0.1, show_default=True, help="fraction of training speakers held out as dev")
+@stage_command("prepare")
+def prepare(exp, corpus_dir, skip_bad, dev_fraction):
+    """Stage 0: validate the corpus, write Lhotse manifests (train / speaker-disjoint dev / test)."""
+    from ..data import CorpusError
+    from ..pipeline import stage_prepare
+
+    try:
+        stage_prepare(exp, corpus_dir, skip_bad=skip_bad, dev_fraction=dev_fraction)
+    except CorpusError as e:
+        raise click.ClickException(str(e))
+
+
+@cli.command()
+@click.option("--cmvn", type=click.Choice(["speaker", "global", "none"]), default="speaker", show_default=True)
+@stage_command("features")
+def features(exp, cmvn):
+    """Stage 1: fbank (40 bins) and MFCC features, Lilcom-compressed, and CMVN statistics."""
+    from ..pipeline import stage_features
+
+    stage_features(exp, cmvn)
+
+
+@cli.command()
+@click.option("--lexicon", required=True, type=click.Path(exists=True, dir_okay=False), help="CMU-style dictionary")
+@click.option("--sil-prob", default=0.5, show_default=True)
+@stage_command("lang")
+def lang(exp, lexicon, sil_prob):
+    """Stage 2: lexicon, topology, L, bigram G (training transcripts only), HCLG."""
+    from ..lang import LexiconError
+    from ..pipeline import stage_lang
+
+    try:
+        stage_lang(exp, lexicon, sil_prob)
+    except LexiconError as e:
+        raise click.ClickException(str(e))
+
+
+@cli.command()
+@click.option("--num-iters", default=40, show_default=True)
+@click.option("--total-gauss", default=1000, show_default=True)
+@click.option("--jobs", default=2, show_default=True, help="decoding processes")
+@stage_command("gmm")
+def gmm(exp, num_iters, total_gauss, jobs):
+    """Stage 3: monophone GMM-HMM, alignments of train/dev/test, GMM decode (acoustic scale tuned on dev)."""
+    from ..pipeline import stage_gmm
+
+    if exp.done("gmm"):  # a forced redo retrains rather than reusing the trained model
+        (exp / "gmm" / "final_gmm.npz").unlink(missing_ok=True)
+    return stage_gmm(exp, num_iters=num_iters, total_gauss=total_gauss, jobs=jobs)
+
+
+def _train_options(fn):
+    for opt in reversed([
+        click.option("--epochs", default=12, show_default=True),
+        click.option("--batch-size", default=512, show_default=True, help="frames per step"),
+        click.option("--lr", default=1e-3, show_default=True, help="peak AdamW learning rate (cosine schedule)"),
+        click.option("--weight-decay", default=1e-4, show_default=True),
+        click.option("--patience", default=4, show_default=True, help="epochs without dev improvement"),
+        click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _train_config(epochs, batch_size, lr, weight_decay, patience) -> dict:
+    return dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience)
+
+
+@cli.command("train-teachers")
+@click.option("--num-teachers", default=4, show_default=True)
+@click.option("--arch", "archs", default="mlp", show_default=True,
+              help="comma-separated architectures (mlp, tdnn), cycled over the teachers")
+@click.option("--left-context", default=8, show_default=True)
+@click.option("--right-context", default=8, show_default=True)
+@click.option("--hidden-dim", default=1024, show_default=True)
+@click.option("--num-layers", default=4, show_default=True)
+@click.option("--dropout", default=0.2, show_default=True)
+@_train_options
+@stage_command("teachers")
+def train_teachers(exp, num_teachers, archs, left_context, right_context, hidden_dim, num_layers, dropout, device,
+                   epochs, batch_size, lr, weight_decay, patience):
+    """Stage 4: K DNN teachers trained with cross-entropy on the GMM alignments (resumable)."""
+    from ..pipeline import stage_teachers
+
+    return stage_teachers(exp, num_teachers, archs.split(","), left_context, right_context, hidden_dim, num_layers,
+                          dropout, device, _train_config(epochs, batch_size, lr, weight_decay, patience))
+
+
+@cli.command()
+@click.option("--jobs", default=2, show_default=True, help="decoding processes")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@stage_command("evaluate")
+def evaluate(exp, jobs, device):
+    """Stage 5: decode and score each teacher and the ensemble (arithmetic and geometric means)."""
+    from ..pipeline import stage_evaluate
+
+    return stage_evaluate(exp, jobs, device)
+
+
+@cli.command()
+@click.option("--jobs", default=2, show_default=True, help="decoding processes")
+@click.option("-T", "--temperature", default=2.0, show_default=True)
+@click.option("--alpha", default=0.5, show_default=True, help="weight of the soft (KL) term")
+@click.option("--mean", type=click.Choice(["arithmetic", "geometric"]), default="arithmetic", show_default=True)
+@click.option("--teacher-source", type=click.Choice(["live", "cache", "both"]), default="live", show_default=True,
+              help="teachers on the fly, top-k soft targets cached on disk, or both (compared)")
+@click.option("--topk", default=16, show_default=True)
+@click.option("--experiments", default="table1", show_default=True,
+              help="comma-separated: table1, table5, sweep, compression")
+@_train_options
+@stage_command("distill")
+def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experiments, device, epochs, batch_size,
+            lr, weight_decay, patience):
+    """Stage 6: hard-label baseline and distilled student(s); optional paper experiments."""
+    from ..pipeline import stage_distill
+
+    out = stage_distill(exp, device, jobs, temperature, alpha, mean, teacher_source, topk, experiments.split(","),
+                        _train_config(epochs, batch_size, lr, weight_decay, patience))
+    return {"experiments": list(out)}
+
+
+@cli.command()
+@click.option("--exp-dir", required=True, type=click.Path(exists=True, file_okay=False))
+def results(exp_dir):
+    """Print EXP/results.json as a table."""
+    from ..results import format_table, load_results
+
+    click.echo(format_table(load_results(exp_dir)))
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,618 @@
+"""The recipe's stages as library functions over one experiment directory (icefall-style recipes call these through
+the ``asr-distill`` CLI; nothing here is specific to one corpus except :func:`stage_prepare`'s corpus reader).
+
+Layout of ``EXP``::
+
+    data/       cuts_{train,dev,test}.jsonl.gz, {fbank,mfcc}_{split}.jsonl.gz, cmvn_{fbank,mfcc}.npz
+    feats/      Lilcom-compressed feature storage
+    lang/       phones.txt words.txt lexicon.txt topo L.fst L_disambig.fst lm.arpa G.fst
+    gmm/        inventory/ (topo, tree, tid2pdf.txt), final_gmm.npz, graph/HCLG.fst, ali_{split}.npz,
+                cuts_{split}_ali.jsonl.gz (pdf-ids attached to the cuts), decode_{dev,test}/
+    results.json
+
+Each stage writes ``EXP/.done/<stage>`` last; a finished stage is skipped unless forced, an interrupted one (no
+marker) is redone from its start.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .utils import Pathlike, atomic_path, read_json, write_json
+
+__all__ = ["Experiment", "stage_prepare", "stage_features", "stage_lang", "stage_gmm"]
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "dev", "test")
+GMM_SCALES = (0.03, 0.04, 0.05, 0.0667, 0.0833, 0.1, 0.125, 0.15)
+# Word insertion penalties in graph-cost units (Kaldi's scoring sweeps 0, 0.5, 1.0 in its own units).
+WORD_PENALTIES = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+
+
+class Experiment:
+    """Paths and small helpers over one experiment directory."""
+
+    def __init__(self, exp_dir: Pathlike, corpus: str = "an4"):
+        self.dir = Path(exp_dir)
+        self.corpus = corpus
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def __truediv__(self, other: str) -> Path:
+        return self.dir / other
+
+    def done(self, stage: str) -> bool:
+        return (self.dir / ".done" / stage).exists()
+
+    def mark_done(self, stage: str, info: Optional[dict] = None) -> None:
+        write_json({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), **(info or {})}, self.dir / ".done" / stage)
+
+    def cuts(self, split: str, kind: Optional[str] = None):
+        from lhotse import CutSet
+
+        name = f"cuts_{split}" if kind is None else f"{kind}_{split}"
+        path = self.dir / "data" / f"{name}.jsonl.gz"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run the earlier stages first")
+        return CutSet.from_file(path)
+
+    def texts(self, split: str) -> Dict[str, str]:
+        return {c.id: c.supervisions[0].text for c in self.cuts(split)}
+
+    def features(self, kind: str, split: str) -> Dict[str, np.ndarray]:
+        """CMVN-normalised features of one split, utterance id -> (frames, dim)."""
+        from .data import CmvnStats, load_features
+
+        cmvn = CmvnStats.load(self.dir / "data" / f"cmvn_{kind}.npz")
+        ids, mats = load_features(self.cuts(split, kind), cmvn)
+        return dict(zip(ids, mats))
+
+    def speakers(self, split: str) -> Dict[str, str]:
+        return {c.id: c.supervisions[0].speaker for c in self.cuts(split)}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+
+def stage_prepare(exp: Experiment, corpus_dir: Pathlike, skip_bad: bool = False, dev_fraction: float = 0.1) -> None:
+    """Stage 0: validate the corpus and write Lhotse manifests for train / dev (speaker-disjoint, from train) / test."""
+    from .data import prepare_an4
+
+    if exp.corpus != "an4":
+        raise ValueError(f"no corpus reader for {exp.corpus!r}")
+    prepare_an4(corpus_dir, exp / "data", skip_bad=skip_bad, dev_fraction=dev_fraction)
+
+
+def stage_features(exp: Experiment, cmvn_mode: str = "speaker") -> None:
+    """Stage 1: fbank (for the DNNs) and MFCC (for the GMM) of every split, and their CMVN statistics."""
+    from .data import compute_cmvn, compute_features
+
+    for kind in ("fbank", "mfcc"):
+        with_feats = []
+        for split in SPLITS:
+            with_feats.append(compute_features(exp.cuts(split), kind, exp / "feats",
+                                               exp / "data" / f"{kind}_{split}.jsonl.gz"))
+        # GMM: mean normalisation only, as Kaldi's apply-cmvn default; DNN fbank: mean and variance
+        stats = compute_cmvn(with_feats, cmvn_mode, global_from=with_feats[0], norm_vars=kind == "fbank")
+        stats.save(exp / "data" / f"cmvn_{kind}.npz")
+
+
+def stage_lang(exp: Experiment, lexicon_path: Pathlike, sil_prob: float = 0.5) -> None:
+    """Stage 2: lang directory (lexicon, topology, L, bigram G from the TRAINING transcripts) and an HCLG for the
+    initial monophone inventory (rebuilt with trained transition probabilities in stage 3)."""
+    from .align import StateInventory
+    from .lang import read_cmu_dict, prepare_lang, make_hclg
+
+    lexicon = read_cmu_dict(lexicon_path)
+    lang = prepare_lang(lexicon, list(exp.texts("train").values()), exp / "lang", sil_prob=sil_prob)
+    inventory = StateInventory.monophone(lang)
+    hclg = make_hclg(lang, inventory)
+    (exp / "lang" / "graph").mkdir(exist_ok=True)
+    with atomic_path(exp / "lang" / "graph" / "HCLG.fst") as tmp:
+        hclg.write(tmp)
+    log.info("HCLG (initial transition model): %d states", hclg.num_states)
+
+
+def _gmm_feats(exp: Experiment, split: str) -> Dict[str, np.ndarray]:
+    from .align import add_deltas
+
+    return {u: add_deltas(f) for u, f in exp.features("mfcc", split).items()}
+
+
+def _attach_alignments(exp: Experiment, split: str, pdf_alis: Mapping[str, np.ndarray]) -> None:
+    """Store the per-frame pdf-ids with the fbank cuts (a Lhotse TemporalArray ``pdf_ids``), frame-synchronous
+    with the features (checked)."""
+    from lhotse import CutSet
+    from lhotse.features.io import NumpyFilesWriter
+
+    from .data import write_manifest
+
+    cuts = []
+    writer = NumpyFilesWriter(exp / "gmm" / f"pdf_ids_{split}")
+    for c in exp.cuts(split, "fbank"):
+        if c.id not in pdf_alis:
+            continue
+        ali = pdf_alis[c.id]
+        if len(ali) != c.num_frames:
+            raise ValueError(f"utterance {c.id}: alignment has {len(ali)} frames, features {c.num_frames}")
+        stored = writer.store_array(c.id, ali.astype(np.int32), frame_shift=c.frame_shift, temporal_dim=0)
+        cuts.append(c.with_custom("pdf_ids", stored))
+    write_manifest(CutSet.from_cuts(cuts), exp / "gmm" / f"cuts_{split}_ali.jsonl.gz")
+
+
+def stage_gmm(exp: Experiment, num_iters: int = 40, total_gauss: int = 1000, jobs: int = 2,
+              beam: float = 13.0) -> dict:
+    """Stage 3: monophone GMM-HMM training, HCLG with its transition model, forced alignment of train / dev / test,
+    acoustic scale tuned on dev, test decoded; returns the results row."""
+    from .align import GmmModel, StateInventory, TrainingGraphs, align_utterances, save_alignments, train_monophone
+    from .decode import DecodingConfig, compute_wer, decode_loglikes, tune_acoustic_scale, words_of, \
+        log_priors_from_alignments
+    from .lang import Lang, make_hclg
+    from .results import update_results
+
+    gmm_dir = exp / "gmm"
+    gmm_dir.mkdir(exist_ok=True)
+    lang = Lang.load(exp / "lang")
+    inventory = StateInventory.monophone(lang)
+    feats = {s: _gmm_feats(exp, s) for s in SPLITS}
+    texts = {s: exp.texts(s) for s in SPLITS}
+    t0 = time.time()
+    graphs = TrainingGraphs(lang, inventory, texts["train"])
+    if (gmm_dir / "final_gmm.npz").exists() and (gmm_dir / "inventory" / "transition_stats.npy").exists():
+        # an earlier run of this stage finished training before it was interrupted
+        log.info("reusing the trained GMM in %s", gmm_dir)
+        gmm, inventory = GmmModel.load(gmm_dir / "final_gmm.npz"), StateInventory.load(gmm_dir / "inventory")
+        graphs = TrainingGraphs(lang, inventory, texts["train"])
+    else:
+        gmm, _ = train_monophone(inventory, graphs, feats["train"], num_iters=num_iters, total_gauss=total_gauss)
+        log.info("GMM training took %.0f s", time.time() - t0)
+        inventory.save(gmm_dir / "inventory")
+        gmm.save(gmm_dir / "final_gmm.npz")  # last: its presence means training finished
+    am = gmm.to_am()
+    pdf_alis = {}
+    for split in SPLITS:
+        split_graphs = graphs if split == "train" else TrainingGraphs(lang, inventory, texts[split])
+        alis, failed, avg = align_utterances(am, inventory, split_graphs, feats[split])
+        if failed:
+            log.warning("%s: %d utterance(s) could not be aligned and get no frame labels: %s", split, len(failed),
+                        failed)
+        log.info("%s: aligned %d utterances, avg log-likelihood per frame %.3f", split, len(alis), avg)
+        save_alignments(alis, gmm_dir / f"ali_{split}.npz")
+        pdf_alis[split] = {u: inventory.tids_to_pdfs(a) for u, a in alis.items()}
+        _attach_alignments(exp, split, pdf_alis[split])
+    hclg = make_hclg(lang, inventory)
+    (gmm_dir / "graph").mkdir(exist_ok=True)
+    with atomic_path(gmm_dir / "graph" / "HCLG.fst") as tmp:
+        hclg.write(tmp)
+    for name in ("words.txt", "phones.txt"):
+        (gmm_dir / "graph" / name).write_text((exp / "lang" / name).read_text())
+    (gmm_dir / "graph" / "tid2pdf.txt").write_text((gmm_dir / "inventory" / "tid2pdf.txt").read_text())
+
+    id2word = lang.id2word()
+    refs = {s: {u: t.split() for u, t in texts[s].items()} for s in SPLITS}
+    loglikes = {s: {u: gmm.loglikes(f) for u, f in feats[s].items()} for s in ("dev", "test")}
+    cfg = DecodingConfig(beam=beam)
+    hclg_path = gmm_dir / "graph" / "HCLG.fst"
+    cfg, dev_wers = tune_acoustic_scale(hclg_path, inventory.tid2pdf, loglikes["dev"], refs["dev"], id2word,
+                                        GMM_SCALES, cfg, jobs, WORD_PENALTIES)
+    best = f"{cfg.acoustic_scale:g}/{cfg.word_penalty:g}"
+    row = {"name": "gmm-mono", "kind": "gmm", "params": int(gmm.means.size * 2 + gmm.weights.size),
+           "acoustic_scale": cfg.acoustic_scale, "word_penalty": cfg.word_penalty, "dev_wer": round(dev_wers[best], 2)}
+    for split in ("dev", "test"):
+        hyps = decode_loglikes(hclg_path, inventory.tid2pdf, loglikes[split], cfg, jobs)
+        hyp_words = {u: words_of(h, id2word) for u, h in hyps.items()}
+        wer = compute_wer(refs[split], hyp_words)
+        out = gmm_dir / f"decode_{split}"
+        out.mkdir(exist_ok=True)
+        (out / "hyp.txt").write_text("".join(f"{u} {' '.join(hyp_words[u])}\n" for u in sorted(hyp_words)))
+        write_json({"acoustic_scale": cfg.acoustic_scale, "word_penalty": cfg.word_penalty, "dev_wers": dev_wers,
+                    **wer.as_dict()}, out / "wer.json")
+        log.info("GMM %s: %s", split, wer)
+        if split == "test":
+            row.update(wer=round(wer.wer, 2), wer_ci=[round(wer.ci_low, 2), round(wer.ci_high, 2)])
+    # Frame accuracy of the GMM as a classifier (argmax of log-likelihood + log-prior) against the test alignments.
+    log_priors = log_priors_from_alignments(list(pdf_alis["train"].values()), inventory.num_pdfs)
+    correct = total = 0
+    for u, ali in pdf_alis["test"].items():
+        pred = (loglikes["test"][u] + log_priors).argmax(1)
+        correct += int((pred == ali).sum())
+        total += len(ali)
+    row["frame_acc"] = round(100.0 * correct / max(1, total), 2)
+    row["num_gauss"] = int(gmm.weights.size)
+    update_results(exp.dir, exp.corpus, row)
+    return row
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Frame-level data for the DNNs
+
+DNN_SCALES = (0.03, 0.05, 0.0667, 0.0833, 0.1, 0.125, 0.15, 0.2)
+
+
+def frame_cache(exp: Experiment, split: str) -> Path:
+    """``EXP/frames/<split>.npz``: CMVN-normalised fbank of every aligned utterance (float16: half the size, far
+    below the features' own precision) and its pdf-ids.  Built once from the manifests + alignments; the training
+    stages read only this, so they need neither Lhotse nor Kaldi."""
+    from .align import StateInventory, load_alignments
+
+    path = exp / "frames" / f"{split}.npz"
+    if path.exists():
+        return path
+    inventory = StateInventory.load(exp / "gmm" / "inventory")
+    alis = load_alignments(exp / "gmm" / f"ali_{split}.npz")
+    feats = exp.features("fbank", split)
+    ids = [u for u in feats if u in alis]
+    for u in ids:
+        if len(alis[u]) != len(feats[u]):
+            raise ValueError(f"utterance {u}: {len(alis[u])} alignment frames vs {len(feats[u])} fbank frames")
+    lengths = np.array([len(feats[u]) for u in ids], dtype=np.int64)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, feats=np.concatenate([feats[u] for u in ids]).astype(np.float16),
+                 labels=np.concatenate([inventory.tids_to_pdfs(alis[u]) for u in ids]).astype(np.int32),
+                 lengths=lengths, utt_ids=np.array(ids))
+    return path
+
+
+def load_frames(exp: Experiment, split: str, left: int, right: int, device="cpu"):
+    from .frames import FrameSet
+
+    z = np.load(frame_cache(exp, split), allow_pickle=False)
+    offs = np.concatenate([[0], np.cumsum(z["lengths"])])
+    feats = z["feats"].astype(np.float32)
+    labels = z["labels"].astype(np.int64)
+    mats = [feats[offs[i]:offs[i + 1]] for i in range(len(offs) - 1)]
+    labs = [labels[offs[i]:offs[i + 1]] for i in range(len(offs) - 1)]
+    return FrameSet.from_arrays(mats, labs, [str(u) for u in z["utt_ids"]], left, right, device)
+
+
+def _num_pdfs(exp: Experiment) -> int:
+    return int(read_json(exp / "gmm" / "inventory" / "inventory.json")["num_pdfs"])
+
+
+def model_config(arch: str, exp: Experiment, left: int, right: int, hidden_dim: int, num_layers: int,
+                 dropout: float) -> dict:
+    return dict(arch=arch, input_dim=40, context=left + 1 + right, num_pdfs=_num_pdfs(exp), hidden_dim=hidden_dim,
+                num_layers=num_layers, dropout=dropout)
+
+
+def _device(name: str):
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def stage_teachers(exp: Experiment, num_teachers: int = 4, archs: Sequence[str] = ("mlp",), left: int = 8,
+                   right: int = 8, hidden_dim: int = 1024, num_layers: int = 4, dropout: float = 0.2,
+                   device: str = "cpu", train_config=None) -> dict:
+    """Stage 4: K teachers trained with cross-entropy on the GMM alignments, differing in seed (and architecture
+    when ``archs`` lists several, cycled).  Each is resumable (``EXP/teachers/teacher<k>/checkpoint.pt``)."""
+    import torch
+
+    from .models import build_model
+    from .train import TrainConfig, train_model
+
+    dev = _device(device)
+    train = load_frames(exp, "train", left, right, dev)
+    dev_set = load_frames(exp, "dev", left, right, dev)
+    summaries = {}
+    for k in range(num_teachers):
+        out = exp / "teachers" / f"teacher{k}"
+        if (out / "summary.json").exists() and read_json(out / "summary.json").get("finished"):
+            log.info("teacher %d already trained", k)
+            continue
+        cfg = TrainConfig(**{**(train_config or {}), "seed": k})
+        torch.manual_seed(k)
+        model = build_model(model_config(archs[k % len(archs)], exp, left, right, hidden_dim, num_layers, dropout))
+        summaries[f"teacher{k}"] = train_model(model, train, dev_set, cfg, out)
+    write_json({"num_teachers": num_teachers, "left": left, "right": right}, exp / "teachers" / "teachers.json")
+    return {"num_teachers": num_teachers}
+
+
+def teacher_paths(exp: Experiment) -> List[Path]:
+    meta = read_json(exp / "teachers" / "teachers.json")
+    return [exp / "teachers" / f"teacher{k}" / "best.pt" for k in range(meta["num_teachers"])]
+
+
+class Evaluator:
+    """Decodes and scores systems of one experiment: priors from the training alignments, acoustic scale tuned on
+    DEV, then TEST decoded once with it; WER with a bootstrap CI, and test frame accuracy."""
+
+    def __init__(self, exp: Experiment, jobs: int = 2, beam: float = 13.0):
+        from .align import StateInventory
+        from .decode import DecodingConfig, log_priors_from_alignments
+        from .lang import read_symbols
+
+        self.exp, self.jobs = exp, jobs
+        self.inventory = StateInventory.load(exp / "gmm" / "inventory")
+        self.hclg = exp / "gmm" / "graph" / "HCLG.fst"
+        self.id2word = {i: w for w, i in read_symbols(exp / "gmm" / "graph" / "words.txt").items()}
+        self.config = DecodingConfig(beam=beam)
+        z = np.load(frame_cache(exp, "train"), allow_pickle=False)
+        self.log_priors = log_priors_from_alignments([z["labels"]], self.inventory.num_pdfs)
+        self.refs = {s: {u: t.split() for u, t in exp.texts(s).items()} for s in ("dev", "test")}
+        self.labels = {}
+        for s in ("dev", "test"):
+            zz = np.load(frame_cache(exp, s), allow_pickle=False)
+            offs = np.concatenate([[0], np.cumsum(zz["lengths"])])
+            self.labels[s] = {str(u): zz["labels"][offs[i]:offs[i + 1]] for i, u in enumerate(zz["utt_ids"])}
+
+    def frame_acc(self, split: str, log_post: Mapping[str, np.ndarray]) -> float:
+        correct = total = 0
+        for u, lab in self.labels[split].items():
+            correct += int((log_post[u].argmax(1) == lab).sum())
+            total += len(lab)
+        return 100.0 * correct / max(1, total)
+
+    def evaluate(self, name: str, kind: str, log_post: Mapping[str, Mapping[str, np.ndarray]], params: int,
+                 extra: Optional[dict] = None, scales: Sequence[float] = DNN_SCALES) -> dict:
+        """``log_post[split][utt]`` = (frames, num_pdfs) log-posteriors for dev and test."""
+        from .decode import DecodingConfig, compute_wer, decode_loglikes, pseudo_loglikes, tune_acoustic_scale, \
+            words_of
+        from .results import update_results
+
+        ll = {s: {u: pseudo_loglikes(p, self.log_priors) for u, p in log_post[s].items()} for s in ("dev", "test")}
+        cfg, dev_wers = tune_acoustic_scale(self.hclg, self.inventory.tid2pdf, ll["dev"], self.refs["dev"],
+                                            self.id2word, scales, self.config, self.jobs, WORD_PENALTIES)
+        best = f"{cfg.acoustic_scale:g}/{cfg.word_penalty:g}"
+        t0 = time.time()
+        hyps = decode_loglikes(self.hclg, self.inventory.tid2pdf, ll["test"], cfg, self.jobs)
+        hyp_words = {u: words_of(h, self.id2word) for u, h in hyps.items()}
+        wer = compute_wer(self.refs["test"], hyp_words)
+        out = self.exp / "decode" / name
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "hyp_test.txt").write_text("".join(f"{u} {' '.join(hyp_words[u])}\n" for u in sorted(hyp_words)))
+        row = {"name": name, "kind": kind, "params": int(params), "wer": round(wer.wer, 2),
+               "wer_ci": [round(wer.ci_low, 2), round(wer.ci_high, 2)],
+               "frame_acc": round(self.frame_acc("test", log_post["test"]), 2),
+               "dev_frame_acc": round(self.frame_acc("dev", log_post["dev"]), 2),
+               "dev_wer": round(dev_wers[best], 2), "acoustic_scale": cfg.acoustic_scale,
+               "word_penalty": cfg.word_penalty, **(extra or {})}
+        write_json({**row, "dev_wers": dev_wers, "test": wer.as_dict(), "decode_seconds": time.time() - t0},
+                   out / "wer.json")
+        update_results(self.exp.dir, self.exp.corpus, row)
+        log.info("%s: test %s, test frame acc %.2f%%, dev WER %.2f%% (%s)", name, wer, row["frame_acc"],
+                 row["dev_wer"], best)
+        return row
+
+
+def _model_log_posteriors(model, frames_by_split) -> Dict[str, Dict[str, np.ndarray]]:
+    from .train import log_posteriors
+
+    return {s: log_posteriors(model, fs) for s, fs in frames_by_split.items()}
+
+
+def ensemble_log_posteriors(members: Sequence[Mapping[str, np.ndarray]], mean: str) -> Dict[str, np.ndarray]:
+    """Arithmetic mean of probabilities (the paper) or geometric mean (mean of log-probabilities, renormalised)."""
+    out = {}
+    for u in members[0]:
+        stack = np.stack([m[u] for m in members]).astype(np.float64)
+        if mean == "arithmetic":
+            peak = stack.max(0)
+            out[u] = (peak + np.log(np.exp(stack - peak).mean(0))).astype(np.float32)
+        elif mean == "geometric":
+            avg = stack.mean(0)
+            peak = avg.max(1, keepdims=True)
+            out[u] = (avg - peak - np.log(np.exp(avg - peak).sum(1, keepdims=True))).astype(np.float32)
+        else:
+            raise ValueError(f"ensemble mean must be arithmetic or geometric, not {mean!r}")
+    return out
+
+
+def stage_evaluate(exp: Experiment, jobs: int = 2, device: str = "cpu", means: Sequence[str] = ("arithmetic",
+                                                                                                "geometric")) -> dict:
+    """Stage 5: decode and score every teacher and the ensemble (both averages)."""
+    from .models import count_parameters
+    from .train import load_model
+
+    meta = read_json(exp / "teachers" / "teachers.json")
+    dev = _device(device)
+    frames = {s: load_frames(exp, s, meta["left"], meta["right"], dev) for s in ("dev", "test")}
+    ev = Evaluator(exp, jobs)
+    members, rows, total_params = [], [], 0
+    for k, path in enumerate(teacher_paths(exp)):
+        model = load_model(path, dev)
+        post = _model_log_posteriors(model, frames)
+        members.append(post)
+        total_params += count_parameters(model)
+        rows.append(ev.evaluate(f"teacher{k}", "teacher", post, count_parameters(model),
+                                {"arch": model.config["arch"]}))
+    for mean in means:
+        ens = {s: ensemble_log_posteriors([m[s] for m in members], mean) for s in ("dev", "test")}
+        rows.append(ev.evaluate(f"ensemble-{mean}", "ensemble", ens, total_params,
+                                {"members": len(members), "mean": mean}))
+    teacher_rows = [r for r in rows if r["kind"] == "teacher"]
+    summary = {"teacher_mean_wer": float(np.mean([r["wer"] for r in teacher_rows])),
+               "teacher_mean_frame_acc": float(np.mean([r["frame_acc"] for r in teacher_rows]))}
+    write_json({"rows": rows, **summary}, exp / "decode" / "stage5_summary.json")
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Stage 6: distillation experiments
+
+def hidden_for_params(target: int, cfg: dict) -> int:
+    """Hidden width of an MLP with ``cfg``'s depth/input/output whose parameter count is closest to ``target``."""
+    from .models import build_model, count_parameters
+
+    best = min(range(16, 4097, 8), key=lambda h: abs(count_parameters(build_model({**cfg, "hidden_dim": h})) - target))
+    return best
+
+
+class DistillRunner:
+    """Everything stage 6 trains shares the training frames, the teachers and the evaluator."""
+
+    def __init__(self, exp: Experiment, device: str, jobs: int, train_config: Optional[dict] = None,
+                 mean: str = "arithmetic"):
+        from .train import load_model
+
+        meta = read_json(exp / "teachers" / "teachers.json")
+        self.exp, self.mean = exp, mean
+        self.device = _device(device)
+        self.left, self.right = meta["left"], meta["right"]
+        self.frames = {s: load_frames(exp, s, self.left, self.right, self.device) for s in SPLITS}
+        self.teachers = [load_model(p, self.device).eval() for p in teacher_paths(exp)]
+        self.teacher_config = dict(self.teachers[0].config)
+        self.train_config = train_config or {}
+        self.evaluator = Evaluator(exp, jobs)
+        ens = read_json(exp / "decode" / f"ensemble-{mean}" / "wer.json")
+        self.ensemble_acc = ens["frame_acc"]
+
+    def train(self, name: str, config: dict, T: float = 1.0, alpha: float = 0.0, cache=None, seed: int = 100,
+              **train_overrides):
+        import torch
+
+        from .models import build_model
+        from .train import TrainConfig, load_model, train_model
+
+        out = self.exp / "distill" / name
+        torch.manual_seed(seed)
+        model = build_model(config)
+        cfg = TrainConfig(**{**self.train_config, "seed": seed, **train_overrides})
+        summary = train_model(model, self.frames["train"], self.frames["dev"], cfg, out,
+                              teachers=self.teachers if cache is None else None, cache=cache, T=T, alpha=alpha,
+                              mean=self.mean)
+        return load_model(out / "best.pt", self.device), summary
+
+    def frame_acc(self, model, split: str = "test") -> float:
+        from .train import frame_accuracy
+
+        return round(frame_accuracy(model, self.frames[split])[0], 2)
+
+    def decode(self, name: str, kind: str, model, extra: Optional[dict] = None) -> dict:
+        from .models import count_parameters
+
+        post = _model_log_posteriors(model, {s: self.frames[s] for s in ("dev", "test")})
+        return self.evaluator.evaluate(name, kind, post, count_parameters(model), extra)
+
+
+def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float = 2.0, alpha: float = 0.5,
+                  mean: str = "arithmetic", teacher_source: str = "live", topk: int = 16,
+                  experiments: Sequence[str] = ("table1",), train_config: Optional[dict] = None) -> dict:
+    """Stage 6: the paper's experiments on this corpus.
+
+    * ``table1``: a hard-label baseline with the student's (= a teacher's) architecture vs the distilled student;
+      the fraction of the ensemble's test-frame-accuracy gain over the baseline that the student recovers.
+      ``teacher_source`` = ``live`` (teachers on the fly), ``cache`` (top-k soft targets on disk) or ``both``.
+    * ``table5``: 3% of the training frames, hard targets vs the ensemble's soft targets (test frame accuracy).
+    * ``sweep``: T in {1, 2, 5, 10} x alpha in {0, 0.5, 0.9}, test and dev frame accuracy, and a plot.
+    * ``compression``: distilled students with 1, 1/4 and 1/16 of a teacher's parameters, WER against parameters.
+    """
+    from .distill import compute_topk_soft_targets, load_topk_cache, save_topk_cache, StackedTeachers
+    from .models import build_model, count_parameters
+    from .results import update_experiment
+
+    run = DistillRunner(exp, device, jobs, train_config, mean)
+    cfg = run.teacher_config
+    out: Dict[str, object] = {}
+    if "table1" in experiments:
+        baseline, _ = run.train("baseline", cfg)
+        base_row = run.decode("baseline", "baseline", baseline)
+        table = {"ensemble_frame_acc": run.ensemble_acc, "baseline_frame_acc": base_row["frame_acc"],
+                 "baseline_wer": base_row["wer"], "T": T, "alpha": alpha, "mean": mean}
+        sources = ("live", "cache") if teacher_source == "both" else (teacher_source,)
+        for source in sources:
+            cache = None
+            extra = {"T": T, "alpha": alpha, "teacher_source": source}
+            if source == "cache":
+                path = exp / "distill" / f"topk_T{T:g}_k{topk}_{mean}.pt"
+                if not path.exists():
+                    c = compute_topk_soft_targets(StackedTeachers(run.teachers, device=run.device),
+                                                  run.frames["train"], T, topk, mean=mean)
+                    save_topk_cache(path, c.values, c.indices, c.meta)
+                cache = load_topk_cache(path, run.device)
+                extra.update(topk=topk, cache_mb=round(path.stat().st_size / 2**20, 2),
+                             cache_kept_mass=round(float(cache.meta.get("mean_kept_mass", float("nan"))), 4))
+            name = "student" if source == "live" else f"student-top{topk}"
+            student, _ = run.train(name, cfg, T=T, alpha=alpha, cache=cache)
+            row = run.decode(name, "student", student, extra)
+            gain = run.ensemble_acc - base_row["frame_acc"]
+            recovered = (row["frame_acc"] - base_row["frame_acc"]) / gain if gain > 0 else float("nan")
+            table[source] = {"frame_acc": row["frame_acc"], "wer": row["wer"], "recovered_fraction":
+                             round(recovered, 3), **extra}
+        update_experiment(exp.dir, "table1", table)
+        out["table1"] = table
+    if "table5" in experiments:
+        rows = {}
+        for name, a in (("hard", 0.0), ("soft", 1.0)):
+            m, summ = run.train(f"table5-{name}", cfg, T=T, alpha=a, frame_subset=0.03, epochs=40, patience=8)
+            rows[name] = {"test_frame_acc": run.frame_acc(m), "dev_frame_acc": run.frame_acc(m, "dev"),
+                          "alpha": a, "T": T, "best_epoch": summ["best_epoch"], "train_frames": summ["train_frames"]}
+        update_experiment(exp.dir, "table5", rows)
+        out["table5"] = rows
+    if "sweep" in experiments:
+        rows = []
+        for a in (0.0, 0.5, 0.9):
+            for t in ((1.0,) if a == 0.0 else (1.0, 2.0, 5.0, 10.0)):  # alpha 0 ignores T: one run
+                m, _ = run.train(f"sweep-T{t:g}-a{a:g}", cfg, T=t, alpha=a)
+                rows.append({"T": t, "alpha": a, "test_frame_acc": run.frame_acc(m),
+                             "dev_frame_acc": run.frame_acc(m, "dev")})
+        update_experiment(exp.dir, "sweep", rows)
+        _plot_sweep(rows, exp / "distill" / "sweep.png")
+        out["sweep"] = rows
+    if "compression" in experiments:
+        rows = []
+        full = count_parameters(build_model(cfg))
+        for frac in (1.0, 0.25, 1.0 / 16):
+            h = cfg["hidden_dim"] if frac == 1.0 else hidden_for_params(int(full * frac), cfg)
+            scfg = {**cfg, "hidden_dim": h}
+            name = f"student-h{h}"
+            m, _ = run.train(name, scfg, T=T, alpha=alpha)
+            row = run.decode(name, "student", m, {"T": T, "alpha": alpha, "param_fraction": round(frac, 4)})
+            b, _ = run.train(f"baseline-h{h}", scfg)
+            brow = run.decode(f"baseline-h{h}", "baseline", b, {"param_fraction": round(frac, 4)})
+            rows.append({"hidden_dim": h, "params": row["params"], "param_fraction": frac,
+                         "student_wer": row["wer"], "student_frame_acc": row["frame_acc"],
+                         "baseline_wer": brow["wer"], "baseline_frame_acc": brow["frame_acc"]})
+        update_experiment(exp.dir, "compression", rows)
+        _plot_compression(rows, exp / "distill" / "compression.png")
+        out["compression"] = rows
+    return out
+
+
+def _plot_sweep(rows: List[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for a in sorted({r["alpha"] for r in rows}):
+        pts = sorted((r["T"], r["test_frame_acc"]) for r in rows if r["alpha"] == a)
+        if a == 0.0:
+            ax.axhline(pts[0][1], color="gray", ls="--", label="alpha=0 (hard labels only)")
+        else:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"alpha={a:g}")
+    ax.set_xscale("log")
+    ax.set_xticks([1, 2, 5, 10], ["1", "2", "5", "10"])
+    ax.set_xlabel("temperature T")
+    ax.set_ylabel("test frame accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_compression(rows: List[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows, key=lambda r: r["params"])
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([r["params"] for r in rows], [r["student_wer"] for r in rows], "o-", label="distilled student")
+    ax.plot([r["params"] for r in rows], [r["baseline_wer"] for r in rows], "s--", label="hard-label baseline")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("test WER (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,210 @@
+"""Frame-level training of acoustic models on GMM alignments, with model selection on DEV frame accuracy only.
+
+One loop serves the hard-label teachers/baselines (cross-entropy: ``alpha = 0``) and the distilled students: the
+step itself is :class:`asr_distill.distill.DistillStep` either way.
+
+Reproducible and resumable: the frame order of epoch ``e`` is a permutation drawn from ``seed`` and ``e`` alone, and
+the global RNG (dropout) is re-seeded from them at the start of every epoch, so a run interrupted after any epoch
+and resumed with ``resume=True`` ends with the same weights as an uninterrupted one.  The checkpoint
+(``checkpoint.pt``: model, optimizer, scheduler, best model, history) is written atomically after every epoch and
+loaded with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .frames import FrameSet
+from .models import build_model, count_parameters
+from .utils import Pathlike, atomic_path, atomic_torch_save, write_json
+
+__all__ = ["TrainConfig", "train_model", "frame_accuracy", "log_posteriors", "load_model", "save_model"]
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.5
+    patience: int = 4  # epochs without dev improvement before stopping
+    seed: int = 0
+    frame_subset: float = 1.0  # fraction of training frames used (the paper's 3% experiment)
+    eval_batch_size: int = 8192
+
+
+def _autocast(device: torch.device):
+    # bf16 autocast on CUDA (tensor cores); plain fp32 on CPU, where bf16 matmuls are slower and less precise.
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
+                                                                                                     enabled=False)
+
+
+@torch.no_grad()
+def frame_accuracy(model: nn.Module, frames: FrameSet, batch_size: int = 8192) -> Tuple[float, float]:
+    """(accuracy in percent, mean cross-entropy) of ``model`` on every labelled frame of ``frames``."""
+    was_training = model.training
+    model.eval()
+    correct, loss, n = 0, 0.0, 0
+    device = frames.device
+    for idx in frames.sequential_batches(batch_size):
+        x, y = frames.batch(idx)
+        with _autocast(device):
+            logits = model(x).float()
+        correct += int((logits.argmax(1) == y).sum())
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        n += len(y)
+    model.train(was_training)
+    return 100.0 * correct / max(1, n), loss / max(1, n)
+
+
+@torch.no_grad()
+def log_posteriors(model: nn.Module, frames: FrameSet, batch_size: int = 8192) -> Dict[str, np.ndarray]:
+    """Per-utterance (frames, num_pdfs) log-softmax outputs."""
+    model.eval()
+    out = []
+    for idx in frames.sequential_batches(batch_size):
+        with _autocast(frames.device):
+            out.append(torch.log_softmax(model(frames.windows(idx)).float(), -1).cpu())
+    allp = torch.cat(out).numpy()
+    offs = frames.offsets.tolist()
+    return {u: allp[offs[i]:offs[i + 1]] for i, u in enumerate(frames.utt_ids)}
+
+
+def save_model(model: nn.Module, path: Pathlike, extra: Optional[dict] = None) -> None:
+    """Weights + architecture config (plain types), loadable with ``weights_only=True``."""
+    atomic_torch_save({"config": dict(model.config), "state_dict": model.state_dict(), **(extra or {})}, path)
+
+
+def load_model(path: Pathlike, map_location="cpu") -> nn.Module:
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"{path}: not a readable asr-distill model checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
+        raise RuntimeError(f"{path}: checkpoint lacks 'config'/'state_dict'")
+    model = build_model(ckpt["config"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model
+
+
+def _lr_lambda(config: TrainConfig, steps_per_epoch: int):
+    warm = max(1, int(config.warmup_epochs * steps_per_epoch))
+    total = max(warm + 1, config.epochs * steps_per_epoch)
+
+    def f(step: int) -> float:  # linear warm-up, then cosine decay to 5% of the peak
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / (total - warm))
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def _subset(frames: FrameSet, fraction: float, seed: int) -> Optional[torch.Tensor]:
+    if fraction >= 1.0:
+        return None
+    g = torch.Generator().manual_seed(10_000 + seed)
+    n = max(1, int(round(fraction * frames.num_frames)))
+    return torch.randperm(frames.num_frames, generator=g)[:n].sort().values
+
+
+def train_model(model: nn.Module, train: FrameSet, dev: FrameSet, config: TrainConfig, out_dir: Pathlike,
+                teachers: Optional[Sequence[nn.Module]] = None, cache=None, T: float = 1.0, alpha: float = 0.0,
+                mean: str = "arithmetic", resume: bool = True, stop_after_epochs: Optional[int] = None,
+                progress: bool = True, cuda_graph: bool = True) -> Dict:
+    """Train ``model`` on ``train`` frames; keep the epoch with the best DEV frame accuracy in ``out_dir/best.pt``.
+
+    ``alpha = 0`` is plain cross-entropy on the alignment labels (teachers, baselines); ``alpha > 0`` distils from
+    ``teachers`` (evaluated on the fly) or a top-k ``cache`` at temperature ``T`` (:class:`~asr_distill.distill.
+    DistillStep` does the step either way).  Returns a summary dict (also ``out_dir/summary.json``).
+    ``stop_after_epochs`` ends the run early as an interruption would (for tests and for splitting long runs).
+    """
+    from tqdm import tqdm
+
+    from .distill import DistillStep
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = train.device
+    model.to(device)
+    subset = _subset(train, config.frame_subset, config.seed)
+    n_train = train.num_frames if subset is None else len(subset)
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    lr_at = _lr_lambda(config, steps_per_epoch)
+    stepper = DistillStep(model, teachers if alpha > 0 else None, cache=cache if alpha > 0 else None, frames=train,
+                          T=T, alpha=alpha, mean=mean, lr=config.lr, weight_decay=config.weight_decay,
+                          cuda_graph=cuda_graph and device.type == "cuda")
+    ckpt_path = out_dir / "checkpoint.pt"
+    history: List[dict] = []
+    best = {"dev_acc": -1.0, "epoch": -1}
+    start_epoch = 0
+    run_config = {**asdict(config), "T": T, "alpha": alpha, "mean": mean}
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if ckpt.get("train_config") != run_config:
+            raise RuntimeError(f"{ckpt_path} was written with a different training config; remove it or pass "
+                               f"the same options (was {ckpt.get('train_config')}, now {run_config})")
+        model.load_state_dict(ckpt["model"])
+        stepper.optimizer.load_state_dict(ckpt["optimizer"])
+        history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
+        log.info("resuming %s at epoch %d (best dev acc %.2f%% at epoch %d)", out_dir, start_epoch + 1,
+                 best["dev_acc"], best["epoch"] + 1)
+    write_json({"model": model.config, "train": run_config, "params": count_parameters(model),
+                "train_frames": n_train}, out_dir / "config.json")
+    for epoch in range(start_epoch, config.epochs):
+        if best["epoch"] >= 0 and epoch - best["epoch"] > config.patience:
+            log.info("early stop: no dev improvement for %d epochs", config.patience)
+            break
+        if stop_after_epochs is not None and epoch >= stop_after_epochs:
+            break
+        torch.manual_seed(config.seed * 1000 + epoch)
+        gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        t0 = time.time()
+        losses = []
+        bar = tqdm(train.shuffled_batches(config.batch_size, gen, subset), total=steps_per_epoch,
+                   desc=f"{out_dir.name} epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+        for i, idx in enumerate(bar):
+            stepper.set_lr(config.lr * lr_at(epoch * steps_per_epoch + i))
+            losses.append(stepper.step(idx))  # a device tensor: no host sync per step
+            if i % 100 == 99:
+                bar.set_postfix(loss=f"{float(torch.stack(losses[-100:]).mean()):.3f}")
+        train_loss = float(torch.stack(losses).mean()) if losses else float("nan")
+        dev_acc, dev_loss = frame_accuracy(model, dev, config.eval_batch_size)
+        row = {"epoch": epoch + 1, "lr": config.lr * lr_at((epoch + 1) * steps_per_epoch - 1),
+               "train_loss": train_loss, "dev_loss": dev_loss, "dev_acc": dev_acc, "seconds": round(time.time() - t0, 1)}
+        history.append(row)
+        improved = dev_acc > best["dev_acc"]
+        if improved:
+            best = {"dev_acc": dev_acc, "epoch": epoch}
+            save_model(model, out_dir / "best.pt", {"dev_acc": dev_acc, "epoch": epoch + 1})
+        log.info("%s epoch %d: train loss %.4f, dev CE %.4f, dev frame acc %.2f%%%s (%.0f s)", out_dir.name,
+                 epoch + 1, train_loss, dev_loss, dev_acc, " *" if improved else "", row["seconds"])
+        atomic_torch_save({"model": model.state_dict(), "optimizer": stepper.optimizer.state_dict(),
+                           "history": history, "best": best, "epoch": epoch, "train_config": run_config}, ckpt_path)
+        _write_csv(history, out_dir / "log.csv")
+    summary = {"best_epoch": best["epoch"] + 1, "best_dev_acc": best["dev_acc"], "epochs_run": len(history),
+               "params": count_parameters(model), "train_frames": n_train, "finished": stop_after_epochs is None}
+    write_json(summary, out_dir / "summary.json")
+    return summary
+
+
+def _write_csv(history: List[dict], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(history[0]))
+            w.writeheader()
+            w.writerows(history)
