@@ -34,16 +34,20 @@ class AlignmentError(RuntimeError):
 def add_deltas(feats: np.ndarray, order: int = 2, window: int = 2) -> np.ndarray:
     """Kaldi's ``add-deltas``: append delta and delta-delta features (regression over +-``window`` frames, edge
     frames repeated)."""
-    out = [feats]
+    # As Kaldi's DeltaFeatures: the order-i filter is the i-fold convolution of the first-order regression window,
+    # applied to the ORIGINAL features with clamped (edge-repeated) frame indices.  (Re-applying the first-order
+    # filter to edge-padded deltas differs from Kaldi in the first/last 2*window frames.)
     denom = 2 * sum(n * n for n in range(1, window + 1))
-    cur = feats
+    base = np.arange(-window, window + 1, dtype=np.float64) / denom
+    scales = [np.ones(1)]
     for _ in range(order):
-        padded = np.pad(cur, ((window, window), (0, 0)), mode="edge")
-        t = len(cur)
-        delta = sum(n * (padded[window + n:window + n + t] - padded[window - n:window - n + t])
-                    for n in range(1, window + 1)) / denom
-        out.append(delta)
-        cur = delta
+        scales.append(np.convolve(scales[-1], base))
+    t = len(feats)
+    out = []
+    for s in scales:
+        m = (len(s) - 1) // 2
+        padded = np.pad(feats.astype(np.float64), ((m, m), (0, 0)), mode="edge")
+        out.append(sum(c * padded[k:k + t] for k, c in enumerate(s) if c != 0))
     return np.concatenate(out, axis=1).astype(np.float32)
 
 
@@ -258,7 +262,8 @@ def _accumulate(am, inventory: StateInventory, feats: Mapping[str, np.ndarray], 
     for utt, ali in alis.items():
         f = torch.from_numpy(np.ascontiguousarray(feats[utt]))
         for t, tid in enumerate(ali):
-            tm.accumulate(prob=1.0, trans_id=tid, stats=tstats)
+            # the binding returns the updated statistics (a copy); it does not update ``tstats`` in place
+            tstats = tm.accumulate(prob=1.0, trans_id=int(tid), stats=tstats)
             accs.accumulate_for_gmm(model=am, data=f[t], gmm_index=int(tid2pdf[tid]), weight=1.0)
     return accs, tstats
 

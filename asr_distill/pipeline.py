@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
 GMM_SCALES = (0.03, 0.04, 0.05, 0.0667, 0.0833, 0.1, 0.125, 0.15)
 # Word insertion penalties in graph-cost units (Kaldi's scoring sweeps 0, 0.5, 1.0 in its own units).
-WORD_PENALTIES = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+WORD_PENALTIES = (0.0, 1.0, 2.0, 2.5, 3.0)
 
 
 class Experiment:
@@ -229,7 +229,7 @@ def stage_gmm(exp: Experiment, num_iters: int = 40, total_gauss: int = 1000, job
 # ------------------------------------------------------------------------------------------------------------------
 # Frame-level data for the DNNs
 
-DNN_SCALES = (0.03, 0.05, 0.0667, 0.0833, 0.1, 0.125, 0.15, 0.2)
+DNN_SCALES = (0.05, 0.0667, 0.0833, 0.1, 0.125, 0.15, 0.2)
 
 
 def frame_cache(exp: Experiment, split: str) -> Path:
@@ -286,8 +286,8 @@ def _device(name: str):
     return torch.device(name)
 
 
-def stage_teachers(exp: Experiment, num_teachers: int = 4, archs: Sequence[str] = ("mlp",), left: int = 8,
-                   right: int = 8, hidden_dim: int = 1024, num_layers: int = 4, dropout: float = 0.2,
+def stage_teachers(exp: Experiment, num_teachers: int = 4, archs: Sequence[str] = ("mlp",), left: int = 12,
+                   right: int = 12, hidden_dim: int = 1024, num_layers: int = 4, dropout: float = 0.4,
                    device: str = "cpu", train_config=None) -> dict:
     """Stage 4: K teachers trained with cross-entropy on the GMM alignments, differing in seed (and architecture
     when ``archs`` lists several, cycled).  Each is resumable (``EXP/teachers/teacher<k>/checkpoint.pt``)."""
@@ -457,7 +457,14 @@ class DistillRunner:
         self.frames = {s: load_frames(exp, s, self.left, self.right, self.device) for s in SPLITS}
         self.teachers = [load_model(p, self.device).eval() for p in teacher_paths(exp)]
         self.teacher_config = dict(self.teachers[0].config)
-        self.train_config = train_config or {}
+        # train like the teachers unless told otherwise (the paper's baseline is "trained like a teacher")
+        from dataclasses import fields
+
+        from .train import TrainConfig
+
+        inherited = read_json(exp / "teachers" / "teacher0" / "config.json")["train"]
+        keep = {f.name for f in fields(TrainConfig)} - {"seed", "frame_subset"}
+        self.train_config = {**{k: v for k, v in inherited.items() if k in keep}, **(train_config or {})}
         self.evaluator = Evaluator(exp, jobs)
         ens = read_json(exp / "decode" / f"ensemble-{mean}" / "wer.json")
         self.ensemble_acc = ens["frame_acc"]

@@ -47,23 +47,15 @@ class TrainConfig:
     eval_batch_size: int = 8192
 
 
-def _autocast(device: torch.device):
-    # bf16 autocast on CUDA (tensor cores); plain fp32 on CPU, where bf16 matmuls are slower and less precise.
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
-                                                                                                     enabled=False)
-
-
 @torch.no_grad()
 def frame_accuracy(model: nn.Module, frames: FrameSet, batch_size: int = 8192) -> Tuple[float, float]:
     """(accuracy in percent, mean cross-entropy) of ``model`` on every labelled frame of ``frames``."""
     was_training = model.training
     model.eval()
     correct, loss, n = 0, 0.0, 0
-    device = frames.device
     for idx in frames.sequential_batches(batch_size):
         x, y = frames.batch(idx)
-        with _autocast(device):
-            logits = model(x).float()
+        logits = model(x).float()  # fp32: these numbers are reported and become decoder log-likelihoods
         correct += int((logits.argmax(1) == y).sum())
         loss += float(F.cross_entropy(logits, y, reduction="sum"))
         n += len(y)
@@ -77,8 +69,8 @@ def log_posteriors(model: nn.Module, frames: FrameSet, batch_size: int = 8192) -
     model.eval()
     out = []
     for idx in frames.sequential_batches(batch_size):
-        with _autocast(frames.device):
-            out.append(torch.log_softmax(model(frames.windows(idx)).float(), -1).cpu())
+        # fp32, not bf16 autocast: bf16 logits (3 significant digits) would add noise to the log-likelihoods
+        out.append(torch.log_softmax(model(frames.windows(idx)).float(), -1).cpu())
     allp = torch.cat(out).numpy()
     offs = frames.offsets.tolist()
     return {u: allp[offs[i]:offs[i + 1]] for i, u in enumerate(frames.utt_ids)}
@@ -98,7 +90,7 @@ def load_model(path: Pathlike, map_location="cpu") -> nn.Module:
         raise RuntimeError(f"{path}: checkpoint lacks 'config'/'state_dict'")
     model = build_model(ckpt["config"])
     model.load_state_dict(ckpt["state_dict"])
-    return model
+    return model.to(map_location)
 
 
 def _lr_lambda(config: TrainConfig, steps_per_epoch: int):

@@ -105,33 +105,44 @@ def gmm(exp, num_iters, total_gauss, jobs):
     return stage_gmm(exp, num_iters=num_iters, total_gauss=total_gauss, jobs=jobs)
 
 
-def _train_options(fn):
-    for opt in reversed([
-        click.option("--epochs", default=12, show_default=True),
-        click.option("--batch-size", default=512, show_default=True, help="frames per step"),
-        click.option("--lr", default=1e-3, show_default=True, help="peak AdamW learning rate (cosine schedule)"),
-        click.option("--weight-decay", default=1e-4, show_default=True),
-        click.option("--patience", default=4, show_default=True, help="epochs without dev improvement"),
-        click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
-    ]):
-        fn = opt(fn)
-    return fn
+def _train_options(inherit: bool = False):
+    """Training options; with ``inherit`` they default to the teachers' own (a baseline is trained like them)."""
+    def d(value):
+        return None if inherit else value
+
+    def deco(fn):
+        for opt in reversed([
+            click.option("--epochs", type=int, default=d(12), show_default=not inherit),
+            click.option("--batch-size", type=int, default=d(512), show_default=not inherit, help="frames per step"),
+            click.option("--lr", type=float, default=d(1e-3), show_default=not inherit,
+                         help="peak AdamW learning rate (cosine schedule)"),
+            click.option("--weight-decay", type=float, default=d(1e-4), show_default=not inherit),
+            click.option("--patience", type=int, default=d(4), show_default=not inherit,
+                         help="epochs without dev improvement"),
+            click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
+        ]):
+            fn = opt(fn)
+        return fn
+
+    return deco
 
 
 def _train_config(epochs, batch_size, lr, weight_decay, patience) -> dict:
-    return dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience)
+    given = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience)
+    return {k: v for k, v in given.items() if v is not None}
 
 
 @cli.command("train-teachers")
 @click.option("--num-teachers", default=4, show_default=True)
 @click.option("--arch", "archs", default="mlp", show_default=True,
               help="comma-separated architectures (mlp, tdnn), cycled over the teachers")
-@click.option("--left-context", default=8, show_default=True)
-@click.option("--right-context", default=8, show_default=True)
+# Defaults chosen on AN4's DEV frame accuracy (tools/device_tune_teachers.sh; docs/RESULTS.md)
+@click.option("--left-context", default=12, show_default=True)
+@click.option("--right-context", default=12, show_default=True)
 @click.option("--hidden-dim", default=1024, show_default=True)
 @click.option("--num-layers", default=4, show_default=True)
-@click.option("--dropout", default=0.2, show_default=True)
-@_train_options
+@click.option("--dropout", default=0.4, show_default=True)
+@_train_options()
 @stage_command("teachers")
 def train_teachers(exp, num_teachers, archs, left_context, right_context, hidden_dim, num_layers, dropout, device,
                    epochs, batch_size, lr, weight_decay, patience):
@@ -163,7 +174,7 @@ def evaluate(exp, jobs, device):
 @click.option("--topk", default=16, show_default=True)
 @click.option("--experiments", default="table1", show_default=True,
               help="comma-separated: table1, table5, sweep, compression")
-@_train_options
+@_train_options(inherit=True)
 @stage_command("distill")
 def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experiments, device, epochs, batch_size,
             lr, weight_decay, patience):

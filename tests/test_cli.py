@@ -1,0 +1,73 @@
+"""The recipe script and the ``asr-distill`` CLI, run as subprocesses the way a user runs them."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from asr_distill.utils import read_json
+from conftest import REPO, SLICE
+
+BIN = Path(sys.executable).parent
+
+
+def _env():
+    env = dict(os.environ)
+    env.pop("VIRTUAL_ENV", None)  # let run.sh pick the repository's .venv, as a user's shell would
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # and find asr-distill even without one
+    return env
+
+
+def _asr_distill():
+    exe = BIN / "asr-distill"
+    return [str(exe)] if exe.exists() else [shutil.which("asr-distill") or pytest.skip("asr-distill not installed")]
+
+
+def _run_recipe(exp_dir):
+    return subprocess.run(["bash", str(REPO / "recipes" / "an4" / "run.sh"), "--corpus-dir", str(SLICE),
+                           "--exp-dir", str(exp_dir), "--stage", "0", "--stop-stage", "1"],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+
+
+def test_recipe_stages_0_1_and_skip_on_rerun(tmp_path):
+    exp_dir = tmp_path / "exp"
+    first = _run_recipe(exp_dir)
+    assert first.returncode == 0, first.stdout + first.stderr
+    for stage in ("prepare", "features"):
+        marker = exp_dir / ".done" / stage
+        assert marker.is_file(), stage
+        assert "finished" in read_json(marker)
+    for s in ("train", "dev", "test"):
+        for kind in ("cuts", "fbank", "mfcc"):
+            assert (exp_dir / "data" / f"{kind}_{s}.jsonl.gz").is_file()
+    assert (exp_dir / "data" / "cmvn_fbank.npz").is_file() and (exp_dir / "data" / "cmvn_mfcc.npz").is_file()
+    assert not (exp_dir / ".done" / "lang").exists()  # --stop-stage 1 stops there
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (exp_dir / "data").iterdir()}
+
+    second = _run_recipe(exp_dir)
+    log = second.stdout + second.stderr
+    assert second.returncode == 0, log
+    assert "stage prepare: already done" in log and "stage features: already done" in log
+    assert "stage prepare: start" not in log and "stage features: start" not in log
+    assert {p.name: p.stat().st_mtime_ns for p in (exp_dir / "data").iterdir()} == mtimes  # nothing rewritten
+
+
+def test_prepare_on_a_corrupt_corpus_fails_naming_the_utterance(small_corpus, tmp_path):
+    fid = small_corpus.train[1][0]
+    utt = small_corpus.uid(fid)
+    small_corpus.audio(fid).write_bytes(b"not audio at all" * 50)
+    cmd = _asr_distill() + ["prepare", "--exp-dir", str(tmp_path / "exp"), "--corpus-dir", str(small_corpus.root)]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert utt in proc.stderr and "unreadable audio" in proc.stderr
+    assert "Traceback" not in proc.stderr  # a clean error message, not a crash
+    assert not (tmp_path / "exp" / ".done" / "prepare").exists()
+    # --skip-bad leaves it out and finishes the stage
+    proc = subprocess.run(cmd + ["--skip-bad"], env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "exp" / ".done" / "prepare").is_file()
+    assert utt in (tmp_path / "exp" / "data" / "bad_utterances.txt").read_text()

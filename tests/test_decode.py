@@ -1,0 +1,177 @@
+"""Hybrid decoding and scoring (asr_distill.decode) with the real HCLG of the session experiment."""
+from __future__ import annotations
+
+
+import kaldi_hmm_gmm as khg  # noqa: F401  (import before kaldifst, as the library does)
+import kaldifst
+import numpy as np
+import pytest
+
+from asr_distill.align import StateInventory, load_alignments
+from asr_distill.decode import (DecodingConfig, add_word_penalty, compute_wer, decode_loglikes,
+                                log_priors_from_alignments, pseudo_loglikes, tune_acoustic_scale, words_of)
+from asr_distill.lang import Lang, Lexicon
+from asr_distill.utils import read_json
+from conftest import pron_strings
+
+
+@pytest.fixture(scope="module")
+def setup(exp):
+    inv = StateInventory.load(exp / "gmm" / "inventory")
+    lang = Lang.load(exp / "lang")
+    train_pdfs = [inv.tids_to_pdfs(a) for a in load_alignments(exp / "gmm" / "ali_train.npz").values()]
+    log_priors = log_priors_from_alignments(train_pdfs, inv.num_pdfs)
+    return dict(inv=inv, lang=lang, id2word=lang.id2word(), log_priors=log_priors, train_pdfs=train_pdfs,
+                hclg=exp / "gmm" / "graph" / "HCLG.fst")
+
+
+def _oracle_loglikes(exp, split, inv, log_priors):
+    """Posteriors 0.9 on the force-aligned pdf of each frame; the other 0.1 spread as the prior (a classifier that,
+    when unsure, guesses from the class frequencies), turned into pseudo log-likelihoods."""
+    out = {}
+    prior = np.exp(log_priors.astype(np.float64))
+    for u, ali in load_alignments(exp / "gmm" / f"ali_{split}.npz").items():
+        pdfs = inv.tids_to_pdfs(ali)
+        post = np.tile(0.1 * prior, (len(pdfs), 1))
+        post[np.arange(len(pdfs)), pdfs] += 0.9
+        np.testing.assert_allclose(post.sum(1), 1.0, atol=1e-6)
+        log_post = np.log(post).astype(np.float32)
+        ll = pseudo_loglikes(log_post, log_priors)
+        np.testing.assert_allclose(ll, log_post - log_priors[None, :], rtol=1e-6)
+        # the aligned pdf is the best-scoring class on every frame
+        assert (ll.argmax(1) == pdfs).all()
+        out[u] = ll
+    return out
+
+
+def test_oracle_posteriors_decode_to_the_reference(exp, setup):
+    """Frame posteriors that point at the forced alignment decode, through HCLG, to the reference words.
+
+    Acoustic scale 1: the oracle's per-frame margin is small (log 0.9 against log 0.1 + prior terms), and at the
+    usual 0.1 the bigram LM overrides it for some letter sequences.  With a monophone inventory two word sequences
+    with the same phones (e.g. "A T" and "EIGHTY": EY T IY) give identical scores, so the LM may pick either: such
+    a hypothesis must at least be homophonous with the reference."""
+    ll = _oracle_loglikes(exp, "test", setup["inv"], setup["log_priors"])
+    hyps = decode_loglikes(setup["hclg"], setup["inv"].tid2pdf, ll, DecodingConfig(acoustic_scale=1.0))
+    refs = exp.texts("test")
+    lexicon = Lexicon.read(exp / "lang" / "lexicon.txt")
+    assert set(hyps) == set(ll)
+    exact = 0
+    for u, ids in hyps.items():
+        hyp = words_of(ids, setup["id2word"])
+        if hyp == refs[u].split():
+            exact += 1
+        else:
+            assert pron_strings(hyp, lexicon) & pron_strings(refs[u].split(), lexicon), (u, refs[u], hyp)
+    assert exact >= 0.9 * len(hyps), f"only {exact} of {len(hyps)} decoded exactly"
+
+
+def test_one_utterance_decodes_exactly(exp, setup):
+    """The brief's single-utterance form: one utterance, one matrix, the exact reference."""
+    refs = exp.texts("test")
+    ll = _oracle_loglikes(exp, "test", setup["inv"], setup["log_priors"])
+    lexicon = Lexicon.read(exp / "lang" / "lexicon.txt")
+    # an utterance whose words have no homophones in the lexicon
+    prons = {}
+    for w, p in lexicon.entries:
+        prons.setdefault(tuple(p), set()).add(w)
+    ambiguous = {w for ws in prons.values() if len(ws) > 1 for w in ws}
+    u = next(u for u in sorted(ll) if not set(refs[u].split()) & ambiguous and len(refs[u].split()) >= 3)
+    hyp = decode_loglikes(setup["hclg"], setup["inv"].tid2pdf, {u: ll[u]}, DecodingConfig(acoustic_scale=1.0))
+    assert words_of(hyp[u], setup["id2word"]) == refs[u].split()
+
+
+def test_gmm_decode_is_reproducible_and_parallel_safe(exp, setup):
+    """Re-decoding the GMM's test likelihoods with the stage's (dev-tuned) setting reproduces its hyp.txt and
+    wer.json, with 1 and with 2 decoding processes."""
+    from asr_distill.align import GmmModel
+    from asr_distill.pipeline import _gmm_feats
+
+    wer_json = read_json(exp / "gmm" / "decode_test" / "wer.json")
+    cfg = DecodingConfig(acoustic_scale=wer_json["acoustic_scale"], word_penalty=wer_json["word_penalty"], beam=13.0)
+    gmm = GmmModel.load(exp / "gmm" / "final_gmm.npz")
+    ll = {u: gmm.loglikes(f) for u, f in _gmm_feats(exp, "test").items()}
+    assert len(ll) >= 8  # below 8 utterances decode_loglikes stays in-process
+    h1 = decode_loglikes(setup["hclg"], setup["inv"].tid2pdf, ll, cfg, jobs=1)
+    h2 = decode_loglikes(setup["hclg"], setup["inv"].tid2pdf, ll, cfg, jobs=2)
+    assert h1 == h2
+    words = {u: words_of(h, setup["id2word"]) for u, h in h1.items()}
+    stored = {}
+    for line in (exp / "gmm" / "decode_test" / "hyp.txt").read_text().splitlines():
+        u, *ws = line.split()
+        stored[u] = ws
+    assert words == stored
+    res = compute_wer({u: t.split() for u, t in exp.texts("test").items()}, words)
+    for key in ("errors", "ref_words", "ins", "dels", "subs", "sentence_errors", "num_sentences"):
+        assert getattr(res, key) == wer_json[key], key
+    assert res.wer == pytest.approx(wer_json["wer"], abs=1e-3)
+
+
+def test_tune_acoustic_scale_picks_the_dev_minimum(exp, setup):
+    ll = _oracle_loglikes(exp, "dev", setup["inv"], setup["log_priors"])
+    refs = {u: t.split() for u, t in exp.texts("dev").items() if u in ll}
+    best, wers = tune_acoustic_scale(setup["hclg"], setup["inv"].tid2pdf, ll, refs, setup["id2word"],
+                                     scales=(0.02, 1.0), config=DecodingConfig(), penalties=(0.0, 1.0))
+    assert set(wers) == {"0.02/0", "1/0", "0.02/1", "1/1"}
+    key = f"{best.acoustic_scale:g}/{best.word_penalty:g}"
+    assert wers[key] == min(wers.values())
+    assert best.beam == DecodingConfig().beam  # the other settings are carried over
+
+
+def test_compute_wer_counts_by_hand():
+    refs = {"u1": "A B C D".split(), "u2": "E F".split(), "u3": "G H".split(), "u4": "I".split()}
+    hyps = {"u1": "A X C D E".split(),  # B->X substitution, E inserted
+            "u2": "F".split(),            # E deleted
+            "u3": "G H".split()}          # correct; u4 has no hypothesis: 1 deletion
+    r = compute_wer(refs, hyps, bootstrap_replications=500, seed=1)
+    assert (r.subs, r.ins, r.dels) == (1, 1, 2)
+    assert r.errors == 4 and r.ref_words == 9
+    assert r.wer == pytest.approx(100 * 4 / 9)
+    assert (r.sentence_errors, r.num_sentences) == (3, 4)
+    assert 0.0 <= r.ci_low <= r.wer <= r.ci_high
+    assert r.ci_high > r.ci_low  # the utterances differ, so the bootstrap spreads
+    assert "WER 44.44%" in str(r)
+    perfect = compute_wer(refs, {u: list(w) for u, w in refs.items()})
+    assert (perfect.wer, perfect.errors, perfect.ci_low, perfect.ci_high) == (0.0, 0, 0.0, 0.0)
+    assert compute_wer(refs, hyps, bootstrap_replications=0).ci_low == pytest.approx(r.wer)
+
+
+def test_log_priors_sum_to_one(setup):
+    lp = setup["log_priors"]
+    assert lp.shape == (setup["inv"].num_pdfs,)
+    assert np.exp(lp.astype(np.float64)).sum() == pytest.approx(1.0, abs=1e-5)
+    counts = np.bincount(np.concatenate(setup["train_pdfs"]), minlength=len(lp))
+    seen = counts > 0
+    np.testing.assert_allclose(np.exp(lp[seen]), counts[seen] / counts.sum(), rtol=1e-4)
+    # hand-made: pdf 2 never seen gets the floor
+    toy = log_priors_from_alignments([np.array([0, 0, 1]), np.array([1, 3])], 4, floor=1e-6)
+    np.testing.assert_allclose(np.exp(toy), np.array([0.4, 0.4, 1e-6, 0.2]) / (1 + 1e-6), rtol=1e-5)
+
+
+def _arc_list(fst):
+    out = []
+    for s in range(fst.num_states):
+        it = kaldifst.ArcIterator(fst, s)
+        while not it.done:
+            a = it.value
+            out.append((s, a.ilabel, a.olabel, a.weight.value, a.nextstate))
+            it.next()
+    return out
+
+
+def test_add_word_penalty_adds_exactly_the_penalty_on_word_arcs(setup):
+    hclg = kaldifst.StdVectorFst.read(str(setup["hclg"]))
+    pen = add_word_penalty(hclg, 2.5)
+    before, after = _arc_list(hclg), _arc_list(pen)
+    assert len(before) == len(after) and pen.num_states == hclg.num_states and pen.start == hclg.start
+    n_words = 0
+    for (s, i, o, w, n), (s2, i2, o2, w2, n2) in zip(before, after):
+        assert (s, i, o, n) == (s2, i2, o2, n2)
+        if o != 0:
+            n_words += 1
+            assert w2 == pytest.approx(w + 2.5, abs=1e-5)
+        else:
+            assert w2 == w
+    assert n_words > 0
+    for s in range(hclg.num_states):
+        assert pen.final(s).value == hclg.final(s).value
