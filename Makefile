@@ -17,8 +17,12 @@ $(BIN)/asr-distill: pyproject.toml
 
 venv: $(BIN)/asr-distill
 
+# The slice has ~4 minutes of training audio: small teachers keep the demo to a few CPU minutes.
+DEMO_MODEL = --hidden-dim 256 --num-layers 3 --left-context 5 --right-context 5 --dropout 0.1 --epochs 8 --batch-size 128
+
 demo: venv
-	recipes/an4/run.sh --corpus-dir corpora/an4_slice --exp-dir $(EXP) --stage 0 --stop-stage 7
+	recipes/an4/run.sh --corpus-dir corpora/an4_slice --exp-dir $(EXP) --stage 0 --stop-stage 7 \
+		--num-teachers 3 --teacher-args "$(DEMO_MODEL)"
 
 test: venv
 	$(BIN)/python -m pytest -q tests

@@ -155,6 +155,9 @@ def stage_gmm(exp: Experiment, num_iters: int = 40, total_gauss: int = 1000, job
 
     gmm_dir = exp / "gmm"
     gmm_dir.mkdir(exist_ok=True)
+    # the DNN frame caches hold this stage's alignments: a redone stage 3 must not leave stale labels behind
+    for stale in (exp / "frames").glob("*.npz"):
+        stale.unlink()
     lang = Lang.load(exp / "lang")
     inventory = StateInventory.monophone(lang)
     feats = {s: _gmm_feats(exp, s) for s in SPLITS}
