@@ -24,7 +24,9 @@ import numpy as np
 
 from .utils import Pathlike, atomic_path, read_json, write_json
 
-__all__ = ["Experiment", "stage_prepare", "stage_features", "stage_lang", "stage_gmm"]
+__all__ = ["Experiment", "stage_prepare", "stage_features", "stage_lang", "stage_gmm", "stage_teachers",
+           "stage_evaluate", "stage_distill", "frame_cache", "load_frames", "Evaluator", "DistillRunner",
+           "ensemble_log_posteriors", "teacher_paths"]
 
 log = logging.getLogger(__name__)
 
