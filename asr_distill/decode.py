@@ -78,19 +78,10 @@ def add_word_penalty(fst, penalty: float):
     """Copy of ``fst`` with ``penalty`` added to the weight of every arc that outputs a word."""
     import kaldifst
 
-    out = kaldifst.StdVectorFst()
-    for _ in range(fst.num_states):
-        out.add_state()
-    out.start = fst.start
-    for s in range(fst.num_states):
-        out.set_final(s, fst.final(s))
-        it = kaldifst.ArcIterator(fst, s)
-        while not it.done:
-            a = it.value
-            w = kaldifst.TropicalWeight(a.weight.value + penalty) if a.olabel else a.weight
-            out.add_arc(s, kaldifst.StdArc(a.ilabel, a.olabel, w, a.nextstate))
-            it.next()
-    return out
+    from .lang import map_arcs
+
+    return map_arcs(fst, lambda a: a if not a.olabel else kaldifst.StdArc(
+        a.ilabel, a.olabel, kaldifst.TropicalWeight(a.weight.value + penalty), a.nextstate))
 
 
 BACKENDS: Dict[str, Callable[[Pathlike, DecodingConfig], DecodingBackend]] = {"kaldi-decoder": KaldiDecoderBackend}

@@ -24,7 +24,7 @@ from .utils import Pathlike, atomic_path, read_json, write_json
 
 __all__ = [
     "Lexicon", "Lang", "LexiconError", "read_cmu_dict", "make_topology", "prepare_lang", "estimate_bigram_arpa",
-    "make_lexicon_fst", "make_g", "make_hclg", "write_symbols", "read_symbols", "SILENCE",
+    "make_lexicon_fst", "make_g", "make_hclg", "map_arcs", "write_symbols", "read_symbols", "SILENCE",
 ]
 
 log = logging.getLogger(__name__)
@@ -333,11 +333,10 @@ def make_g(arpa_path: Pathlike, words_txt: Pathlike):
     return G
 
 
-def _map_ilabels_to_epsilon(fst, labels: Iterable[int]):
-    """Copy of ``fst`` with the given input labels replaced by epsilon (Kaldi's ``fstrmsymbols``)."""
+def map_arcs(fst, fn):
+    """Copy of ``fst`` with every arc replaced by ``fn(arc)`` (kaldifst has no mutable arc iterator in Python)."""
     import kaldifst
 
-    drop = set(labels)
     out = kaldifst.StdVectorFst()
     for _ in range(fst.num_states):
         out.add_state()
@@ -346,10 +345,18 @@ def _map_ilabels_to_epsilon(fst, labels: Iterable[int]):
         out.set_final(s, fst.final(s))
         it = kaldifst.ArcIterator(fst, s)
         while not it.done:
-            a = it.value
-            out.add_arc(s, kaldifst.StdArc(0 if a.ilabel in drop else a.ilabel, a.olabel, a.weight, a.nextstate))
+            out.add_arc(s, fn(it.value))
             it.next()
     return out
+
+
+def _map_ilabels_to_epsilon(fst, labels: Iterable[int]):
+    """Copy of ``fst`` with the given input labels replaced by epsilon (Kaldi's ``fstrmsymbols``)."""
+    import kaldifst
+
+    drop = set(labels)
+    return map_arcs(fst, lambda a: kaldifst.StdArc(0 if a.ilabel in drop else a.ilabel, a.olabel, a.weight,
+                                                   a.nextstate))
 
 
 def make_hclg(lang: Lang, inventory, self_loop_scale: float = 0.1, transition_scale: float = 1.0):

@@ -586,13 +586,25 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
     return out
 
 
-def _plot_sweep(rows: List[dict], path: Path) -> None:
+def _axes():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # no display: plots are files
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    return plt, *plt.subplots(figsize=(5, 3.5))
+
+
+def _save(plt, fig, ax, path: Path) -> None:
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_sweep(rows: List[dict], path: Path) -> None:
+    plt, fig, ax = _axes()
     for a in sorted({r["alpha"] for r in rows}):
         pts = sorted((r["T"], r["test_frame_acc"]) for r in rows if r["alpha"] == a)
         if a == 0.0:
@@ -603,28 +615,15 @@ def _plot_sweep(rows: List[dict], path: Path) -> None:
     ax.set_xticks([1, 2, 5, 10], ["1", "2", "5", "10"])
     ax.set_xlabel("temperature T")
     ax.set_ylabel("test frame accuracy (%)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, ax, path)
 
 
 def _plot_compression(rows: List[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = sorted(rows, key=lambda r: r["params"])
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    plt, fig, ax = _axes()
     ax.plot([r["params"] for r in rows], [r["student_wer"] for r in rows], "o-", label="distilled student")
     ax.plot([r["params"] for r in rows], [r["baseline_wer"] for r in rows], "s--", label="hard-label baseline")
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
     ax.set_ylabel("test WER (%)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, ax, path)
