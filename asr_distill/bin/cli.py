@@ -195,5 +195,53 @@ def results(exp_dir):
     click.echo(format_table(load_results(exp_dir)))
 
 
+@cli.command()
+@click.option("--exp-dir", required=True, type=click.Path(exists=True, file_okay=False), help="experiment directory")
+@click.option("--system", required=True, help="system to export: teacher<k> (EXP/teachers) or a stage-6 name "
+                                               "such as student (EXP/distill)")
+@click.option("--out-dir", required=True, type=click.Path(file_okay=False), help="model directory to write")
+@click.option("--cmvn", type=click.Choice(["global", "utterance"]), default="global", show_default=True,
+              help="normalisation inside the graph: training-set global stats, or the utterance's own")
+@click.option("--no-int8", is_flag=True, help="skip the int8 (dynamically quantised) ONNX model")
+@click.option("--left-context", type=int, default=None,
+              help="splicing context (default: EXP/teachers/teachers.json when it fits the model, else symmetric)")
+@click.option("--right-context", type=int, default=None)
+@click.option("--measure/--no-measure", default=True, show_default=True,
+              help="decode the experiment's dev and test sets with the exported model; WERs go into the model card")
+def export(exp_dir, system, out_dir, cmvn, no_int8, left_context, right_context, measure):
+    """Export a system as a self-contained model directory (TorchScript + ONNX + int8 ONNX, HCLG, model card)."""
+    import json
+
+    from ..export import export_model, measure_model_dir, system_checkpoint
+
+    try:
+        ckpt = system_checkpoint(exp_dir, system)
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e))
+    try:
+        card = export_model(exp_dir, ckpt, out_dir, system=system, cmvn=cmvn, int8=not no_int8, left=left_context,
+                            right=right_context)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        raise click.ClickException(str(e))
+    if measure:
+        for split in ("dev", "test"):
+            card["wer"].update(measure_model_dir(exp_dir, out_dir, split))
+    click.echo(json.dumps({"out_dir": out_dir, "sizes_mb": card["sizes_mb"], "wer": card["wer"]}, indent=2))
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.option("--model-dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--int8", is_flag=True, help="use the int8 ONNX model")
+@click.option("--backend", type=click.Choice(["onnx", "torchscript"]), default="onnx", show_default=True)
+@click.option("--num-threads", default=1, show_default=True)
+@click.argument("audio", nargs=-1, required=True)
+def transcribe(model_dir, int8, backend, num_threads, audio):
+    """Print 'utt-id<TAB>words' for each AUDIO file (any rate; wav/flac/sph); exit 1 if any file failed."""
+    from ..transcribe import main as transcribe_main
+
+    args = ["--model-dir", model_dir, "--backend", backend, "--num-threads", str(num_threads)]
+    sys.exit(transcribe_main(args + (["--int8"] if int8 else []) + ["--"] + list(audio)))
+
+
 if __name__ == "__main__":
     sys.exit(cli())

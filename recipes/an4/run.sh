@@ -79,6 +79,6 @@ if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   asr-distill results --exp-dir "$exp_dir"
 fi
 if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
-  log "stage 8: export the student"
-  asr-distill export $common
+  log "stage 8: export the student (TorchScript + ONNX + int8) to $exp_dir/export/student"
+  asr-distill export --exp-dir "$exp_dir" --system student --out-dir "$exp_dir/export/student"
 fi
