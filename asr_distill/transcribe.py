@@ -129,7 +129,10 @@ def read_tid2pdf(path) -> np.ndarray:
 
 
 def add_word_penalty(fst, penalty: float):
-    """Copy of ``fst`` with ``penalty`` added to the weight of every arc that outputs a word."""
+    """Copy of ``fst`` with ``penalty`` added to the weight of every arc that outputs a word.
+
+    Deliberately a copy of :func:`asr_distill.decode.add_word_penalty` (and of the decoder call below): this module
+    must import none of the training code; tests/test_export.py checks both paths give the same words."""
     import kaldifst
 
     out = kaldifst.StdVectorFst()
