@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .utils import Pathlike, atomic_path
+
+if TYPE_CHECKING:
+    from lhotse import CutSet
 
 __all__ = [
     "CorpusError", "Utterance", "BadItem", "read_an4", "speaker_disjoint_split", "make_cutset", "prepare_an4",

@@ -11,12 +11,10 @@ backend can join where k2 is installed by registering in :data:`BACKENDS`.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 

@@ -40,7 +40,6 @@ Directory layout (``out_dir``)::
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -215,15 +214,14 @@ def build_exported_module(exp_dir: Pathlike, model_ckpt: Pathlike, cmvn: str = "
                           left: Optional[int] = None, right: Optional[int] = None) -> ExportedAcousticModel:
     """The eager end-to-end module for a checkpoint of experiment ``exp_dir`` (priors, CMVN stats, context)."""
     from .data import FEATURE_CONFIGS, CmvnStats
-    from .decode import log_priors_from_alignments
+    from .pipeline import Experiment, training_log_priors
     from .train import load_model
 
     exp_dir = Path(exp_dir)
     net = load_model(model_ckpt, "cpu").eval()
     config = dict(net.config)
     left, right = _context(exp_dir, config, left, right)
-    z = np.load(exp_dir / "frames" / "train.npz", allow_pickle=False)
-    priors = log_priors_from_alignments([z["labels"]], config["num_pdfs"])
+    priors = training_log_priors(Experiment(exp_dir))
     stats = CmvnStats.load(exp_dir / "data" / "cmvn_fbank.npz")
     if not stats.norm_vars:
         raise ValueError("fbank CMVN without variance normalisation is not supported by the export")
@@ -335,11 +333,9 @@ def export_model(exp_dir: Pathlike, model_ckpt: Pathlike, out_dir: Pathlike, sys
 
 
 def _corpus_name(exp_dir: Path) -> str:
-    res = exp_dir / "results.json"
-    try:
-        return str(json.loads(res.read_text()).get("corpus", "an4"))
-    except Exception:
-        return "an4"
+    from .results import load_results
+
+    return str(load_results(exp_dir).get("corpus") or "an4")
 
 
 def update_card(model_dir: Pathlike, updates: Dict) -> dict:
@@ -378,15 +374,15 @@ def reference_loglikes(exp_dir: Pathlike, model_ckpt: Pathlike, audio: Dict[str,
     import soundfile as sf
 
     from .data import CmvnStats, _moments, feature_extractor
-    from .decode import log_priors_from_alignments, pseudo_loglikes
+    from .decode import pseudo_loglikes
     from .frames import splice_utterance
+    from .pipeline import Experiment, training_log_priors
     from .train import load_model
 
     exp_dir = Path(exp_dir)
     net = load_model(model_ckpt, "cpu").eval()
     left, right = _context(exp_dir, dict(net.config), left, right)
-    z = np.load(exp_dir / "frames" / "train.npz", allow_pickle=False)
-    priors = log_priors_from_alignments([z["labels"]], net.config["num_pdfs"])
+    priors = training_log_priors(Experiment(exp_dir))
     stats = CmvnStats.load(exp_dir / "data" / "cmvn_fbank.npz")
     fbank = feature_extractor("fbank")
     out = {}

@@ -58,11 +58,6 @@ class FrameSet:
     def device(self) -> torch.device:
         return self.feats.device
 
-    def to(self, device) -> "FrameSet":
-        return FrameSet(self.feats.to(device), None if self.labels is None else self.labels.to(device),
-                        self.utt_start.to(device), self.utt_end.to(device), self.offsets, self.utt_ids,
-                        self.left, self.right)
-
     def windows(self, frame_index: torch.Tensor) -> torch.Tensor:
         """Context windows ``(B, context, D)`` of the frames ``frame_index`` (on this set's device)."""
         shifts = torch.arange(-self.left, self.right + 1, device=frame_index.device)

@@ -16,7 +16,7 @@ import re
 import subprocess
 import sys
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -136,7 +136,7 @@ def make_topology(silence_ids: Sequence[int], nonsilence_ids: Sequence[int], num
               "<TopologyEntry>", "<ForPhones>", " ".join(map(str, silence_ids)), "</ForPhones>"]
     last = num_sil_states - 1
     p = 1.0 / last
-    lines.append(f"<State> 0 <PdfClass> 0 " + " ".join(f"<Transition> {t} {p:g}" for t in range(last)) + " </State>")
+    lines.append("<State> 0 <PdfClass> 0 " + " ".join(f"<Transition> {t} {p:g}" for t in range(last)) + " </State>")
     for s in range(1, last):
         lines.append(f"<State> {s} <PdfClass> {s} "
                      + " ".join(f"<Transition> {t} {p:g}" for t in range(1, num_sil_states)) + " </State>")
@@ -276,8 +276,6 @@ def make_lexicon_fst(entries: Sequence[Tuple[str, List[str]]], phones: Dict[str,
 def prepare_lang(lexicon: Lexicon, train_texts: Sequence[str], lang_dir: Pathlike, sil_prob: float = 0.5,
                  extra_words: Sequence[str] = ()) -> Lang:
     """Write a complete lang directory: symbol tables, lexicon, topology, L, L_disambig, ARPA LM and G.fst."""
-    import kaldifst
-
     lang_dir = Path(lang_dir)
     lang_dir.mkdir(parents=True, exist_ok=True)
     entries = [(w, p) for w, p in lexicon.entries if w not in ("<s>", "</s>", "<sil>")]

@@ -26,7 +26,7 @@ from .utils import Pathlike, atomic_path, read_json, write_json
 
 __all__ = ["Experiment", "stage_prepare", "stage_features", "stage_lang", "stage_gmm", "stage_teachers",
            "stage_evaluate", "stage_distill", "frame_cache", "load_frames", "Evaluator", "DistillRunner",
-           "ensemble_log_posteriors", "teacher_paths"]
+           "ensemble_log_posteriors", "teacher_paths", "training_log_priors"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,9 @@ class Experiment:
     def texts(self, split: str) -> Dict[str, str]:
         return {c.id: c.supervisions[0].text for c in self.cuts(split)}
 
+    def speakers(self, split: str) -> Dict[str, str]:
+        return {c.id: c.supervisions[0].speaker for c in self.cuts(split)}
+
     def features(self, kind: str, split: str) -> Dict[str, np.ndarray]:
         """CMVN-normalised features of one split, utterance id -> (frames, dim)."""
         from .data import CmvnStats, load_features
@@ -73,8 +76,6 @@ class Experiment:
         ids, mats = load_features(self.cuts(split, kind), cmvn)
         return dict(zip(ids, mats))
 
-    def speakers(self, split: str) -> Dict[str, str]:
-        return {c.id: c.supervisions[0].speaker for c in self.cuts(split)}
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -165,12 +166,13 @@ def stage_gmm(exp: Experiment, num_iters: int = 40, total_gauss: int = 1000, job
     feats = {s: _gmm_feats(exp, s) for s in SPLITS}
     texts = {s: exp.texts(s) for s in SPLITS}
     t0 = time.time()
+    reuse = (gmm_dir / "final_gmm.npz").exists() and (gmm_dir / "inventory" / "transition_stats.npy").exists()
+    if reuse:  # an earlier run of this stage finished training before it was interrupted
+        inventory = StateInventory.load(gmm_dir / "inventory")
     graphs = TrainingGraphs(lang, inventory, texts["train"])
-    if (gmm_dir / "final_gmm.npz").exists() and (gmm_dir / "inventory" / "transition_stats.npy").exists():
-        # an earlier run of this stage finished training before it was interrupted
+    if reuse:
         log.info("reusing the trained GMM in %s", gmm_dir)
-        gmm, inventory = GmmModel.load(gmm_dir / "final_gmm.npz"), StateInventory.load(gmm_dir / "inventory")
-        graphs = TrainingGraphs(lang, inventory, texts["train"])
+        gmm = GmmModel.load(gmm_dir / "final_gmm.npz")
     else:
         gmm, _ = train_monophone(inventory, graphs, feats["train"], num_iters=num_iters, total_gauss=total_gauss)
         log.info("GMM training took %.0f s", time.time() - t0)
@@ -273,6 +275,14 @@ def load_frames(exp: Experiment, split: str, left: int, right: int, device="cpu"
     return FrameSet.from_arrays(mats, labs, [str(u) for u in z["utt_ids"]], left, right, device)
 
 
+def training_log_priors(exp: Experiment) -> np.ndarray:
+    """Log pdf priors from the training alignments (the frame cache's labels): what every hybrid decode divides by."""
+    from .decode import log_priors_from_alignments
+
+    z = np.load(frame_cache(exp, "train"), allow_pickle=False)
+    return log_priors_from_alignments([z["labels"]], _num_pdfs(exp))
+
+
 def _num_pdfs(exp: Experiment) -> int:
     return int(read_json(exp / "gmm" / "inventory" / "inventory.json")["num_pdfs"])
 
@@ -329,7 +339,7 @@ class Evaluator:
 
     def __init__(self, exp: Experiment, jobs: int = 2, beam: float = 13.0):
         from .align import StateInventory
-        from .decode import DecodingConfig, log_priors_from_alignments
+        from .decode import DecodingConfig
         from .lang import read_symbols
 
         self.exp, self.jobs = exp, jobs
@@ -337,8 +347,7 @@ class Evaluator:
         self.hclg = exp / "gmm" / "graph" / "HCLG.fst"
         self.id2word = {i: w for w, i in read_symbols(exp / "gmm" / "graph" / "words.txt").items()}
         self.config = DecodingConfig(beam=beam)
-        z = np.load(frame_cache(exp, "train"), allow_pickle=False)
-        self.log_priors = log_priors_from_alignments([z["labels"]], self.inventory.num_pdfs)
+        self.log_priors = training_log_priors(exp)
         self.refs = {s: {u: t.split() for u, t in exp.texts(s).items()} for s in ("dev", "test")}
         self.labels = {}
         for s in ("dev", "test"):
@@ -356,8 +365,7 @@ class Evaluator:
     def evaluate(self, name: str, kind: str, log_post: Mapping[str, Mapping[str, np.ndarray]], params: int,
                  extra: Optional[dict] = None, scales: Sequence[float] = DNN_SCALES) -> dict:
         """``log_post[split][utt]`` = (frames, num_pdfs) log-posteriors for dev and test."""
-        from .decode import DecodingConfig, compute_wer, decode_loglikes, pseudo_loglikes, tune_acoustic_scale, \
-            words_of
+        from .decode import compute_wer, decode_loglikes, pseudo_loglikes, tune_acoustic_scale, words_of
         from .results import update_results
 
         ll = {s: {u: pseudo_loglikes(p, self.log_priors) for u, p in log_post[s].items()} for s in ("dev", "test")}
@@ -444,8 +452,18 @@ def hidden_for_params(target: int, cfg: dict) -> int:
     """Hidden width of an MLP with ``cfg``'s depth/input/output whose parameter count is closest to ``target``."""
     from .models import build_model, count_parameters
 
-    best = min(range(16, 4097, 8), key=lambda h: abs(count_parameters(build_model({**cfg, "hidden_dim": h})) - target))
-    return best
+    def params(h: int) -> int:
+        return count_parameters(build_model({**cfg, "hidden_dim": h}))
+
+    lo, hi = 2, 512  # widths in steps of 8: 16 .. 4096; the count grows with the width, so bisect
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if params(8 * mid) < target:
+            lo = mid + 1
+        else:
+            hi = mid
+    candidates = [8 * c for c in (lo - 1, lo) if 2 <= c <= 512]
+    return min(candidates, key=lambda h: abs(params(h) - target))
 
 
 class DistillRunner:
