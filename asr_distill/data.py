@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CorpusError", "Utterance", "BadItem", "read_an4", "speaker_disjoint_split", "make_cutset", "prepare_an4",
+    "check_audio", "report_bad", "write_splits", "write_manifest",
     "compute_features", "FEATURE_CONFIGS", "CmvnStats", "compute_cmvn", "load_features", "set_soundfile_backend",
 ]
 
@@ -53,8 +54,14 @@ class Utterance:
     speaker: str
     audio_path: Path
     text: str
-    num_samples: int = 0
+    num_samples: int = 0  # of the whole recording (0: not read yet)
     sampling_rate: int = 0
+    # A segment of a longer recording (Kaldi ``segments``): its start and duration in seconds and the recording's
+    # id; None/0 for a whole-file utterance, whose recording id is the utterance id.
+    start: float = 0.0
+    duration: Optional[float] = None
+    recording_id: Optional[str] = None
+    command: Optional[str] = None  # Kaldi wav.scp pipe ("sph2pipe -f wav x.sph |") instead of a file
 
 
 @dataclass
@@ -84,25 +91,40 @@ def _sphere_sample_count(path: Path) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
-def check_audio(path: Path, expected_rate: int) -> Tuple[Optional[str], int, int]:
-    """Decode the whole file; return (problem or None, num_samples, sampling_rate)."""
+def check_audio(path: Path, expected_rate: Optional[int], command: Optional[str] = None
+                ) -> Tuple[Optional[str], int, int]:
+    """Decode the whole file (or the output of a Kaldi wav.scp ``command |``); return (problem or None,
+    num_samples, sampling_rate).  ``expected_rate=None`` accepts any rate (the cuts get resampled)."""
+    import io
+    import subprocess
+
     import soundfile as sf
 
     try:
-        info = sf.info(str(path))
-        audio, sr = sf.read(str(path), dtype="int16", always_2d=True)
+        if command is not None:
+            proc = subprocess.run(command.rstrip().rstrip("|"), shell=True, capture_output=True, timeout=300)
+            if proc.returncode != 0:
+                return (f"command failed with status {proc.returncode}: "
+                        f"{proc.stderr.decode(errors='replace').strip()[:120]}"), 0, 0
+            data = io.BytesIO(proc.stdout)
+            info = sf.info(data)
+            data.seek(0)
+            audio, sr = sf.read(data, dtype="int16", always_2d=True)
+        else:
+            info = sf.info(str(path))
+            audio, sr = sf.read(str(path), dtype="int16", always_2d=True)
     except Exception as e:  # soundfile raises RuntimeError/LibsndfileError/... for corrupt files
         return f"unreadable audio ({type(e).__name__}: {str(e).strip()[:120]})", 0, 0
     n = audio.shape[0]
     if n == 0:
         return "audio has no samples", 0, sr
-    if path.suffix == ".sph":
+    if command is None and path.suffix == ".sph":
         declared = _sphere_sample_count(path)
         if declared is not None and declared != n:
             return f"truncated audio: header declares {declared} samples, file holds {n}", n, sr
-    elif info.frames != n:
+    elif command is None and info.frames != n:
         return f"truncated audio: header declares {info.frames} samples, decoded {n}", n, sr
-    if sr != expected_rate:
+    if expected_rate is not None and sr != expected_rate:
         return f"unexpected sample rate {sr} Hz (expected {expected_rate} Hz)", n, sr
     return None, n, sr
 
@@ -193,24 +215,36 @@ def speaker_disjoint_split(utts: Sequence[Utterance], dev_fraction: float = 0.1,
     return ([u for u in utts if u.speaker not in dev_speakers], [u for u in utts if u.speaker in dev_speakers])
 
 
-def make_cutset(utts: Sequence[Utterance]):
-    """Lhotse CutSet with one cut per utterance, the cut id being the utterance id."""
+def make_cutset(utts: Sequence[Utterance], sampling_rate: Optional[int] = None):
+    """Lhotse CutSet with one cut per utterance (the cut id being the utterance id); utterances that are segments
+    share their recording.  With ``sampling_rate``, cuts at another rate are resampled to it (Lhotse's own
+    resampler, no torchaudio), so one feature configuration serves 8 kHz and 16 kHz corpora alike."""
     from lhotse import AudioSource, CutSet, MonoCut, Recording, SupervisionSegment
 
     set_soundfile_backend()
+    recordings: Dict[str, "Recording"] = {}
     cuts = []
     for u in utts:
-        if u.num_samples:  # already decoded by validation: no need to read the file again
-            rec = Recording(id=u.utt_id, sources=[AudioSource(type="file", channels=[0],
-                                                              source=str(Path(u.audio_path).resolve()))],
-                            sampling_rate=u.sampling_rate, num_samples=u.num_samples,
-                            duration=u.num_samples / u.sampling_rate)
-        else:
-            rec = Recording.from_file(Path(u.audio_path).resolve(), recording_id=u.utt_id)
-        sup = SupervisionSegment(id=u.utt_id, recording_id=u.utt_id, start=0.0, duration=rec.duration,
+        rec_id = u.recording_id or u.utt_id
+        rec = recordings.get(rec_id)
+        if rec is None:
+            if u.command:
+                source = AudioSource(type="command", channels=[0], source=u.command.rstrip().rstrip("|").strip())
+            else:
+                source = AudioSource(type="file", channels=[0], source=str(Path(u.audio_path).resolve()))
+            if u.num_samples:  # already decoded by validation: no need to read the audio again
+                rec = Recording(id=rec_id, sources=[source], sampling_rate=u.sampling_rate,
+                                num_samples=u.num_samples, duration=u.num_samples / u.sampling_rate)
+            else:
+                rec = Recording.from_file(Path(u.audio_path).resolve(), recording_id=rec_id)
+            recordings[rec_id] = rec
+        duration = rec.duration - u.start if u.duration is None else u.duration
+        sup = SupervisionSegment(id=u.utt_id, recording_id=rec_id, start=0.0, duration=duration,
                                  channel=0, text=u.text, speaker=u.speaker, language="English")
-        cuts.append(MonoCut(id=u.utt_id, start=0.0, duration=rec.duration, channel=0, recording=rec,
-                            supervisions=[sup]))
+        cut = MonoCut(id=u.utt_id, start=u.start, duration=duration, channel=0, recording=rec, supervisions=[sup])
+        if sampling_rate and rec.sampling_rate != sampling_rate:
+            cut = cut.resample(sampling_rate)
+        cuts.append(cut)
     return CutSet.from_cuts(cuts)
 
 
@@ -219,40 +253,59 @@ def write_manifest(manifest, path: Pathlike) -> None:
         manifest.to_file(tmp)
 
 
+def report_bad(bad: Sequence[BadItem], source: Pathlike, output_dir: Path, skip_bad: bool) -> None:
+    """Raise :class:`CorpusError` listing every problem, or (``skip_bad``) write them to ``bad_utterances.txt``."""
+    if not bad:
+        return
+    report = "\n".join(f"  {b}" for b in bad)
+    if not skip_bad:
+        raise CorpusError(f"{len(bad)} problem(s) in {source} (pass --skip-bad to leave them out):\n{report}")
+    bad_path = output_dir / "bad_utterances.txt"
+    with atomic_path(bad_path) as tmp:
+        Path(tmp).write_text("".join(f"{b.item}\t{b.problem}\n" for b in bad))
+    log.warning("skipping %d bad item(s), listed in %s:\n%s", len(bad), bad_path, report)
+
+
+def write_splits(splits: Dict[str, Sequence[Utterance]], output_dir: Pathlike, source: Pathlike = "",
+                 sampling_rate: Optional[int] = None) -> Dict[str, "CutSet"]:
+    """Write ``cuts_{train,dev,test}.jsonl.gz`` (atomically) after checking the splits share no utterance or
+    speaker between train/dev and test."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ids = {name: {u.utt_id for u in utts} for name, utts in splits.items()}
+    for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
+        shared = ids.get(a, set()) & ids.get(b, set())
+        if shared:
+            raise CorpusError(f"{source}: {len(shared)} utterance(s) are in both {a} and {b}, e.g. {sorted(shared)[:3]}")
+    cutsets = {}
+    for name, utts in splits.items():
+        if not utts:
+            raise CorpusError(f"{source}: the {name} set is empty")
+        cuts = make_cutset(utts, sampling_rate)
+        write_manifest(cuts, output_dir / f"cuts_{name}.jsonl.gz")
+        cutsets[name] = cuts
+        log.info("%s: %d utterances, %d speakers, %.1f min", name, len(utts), len({u.speaker for u in utts}),
+                 sum(c.duration for c in cuts) / 60)
+    return cutsets
+
+
 def prepare_an4(corpus_dir: Pathlike, output_dir: Pathlike, skip_bad: bool = False, dev_fraction: float = 0.1,
                 sampling_rate: int = 16000) -> Dict[str, "CutSet"]:
-    """Validate AN4 and write ``{train,dev,test}`` recordings/supervisions/cuts manifests (``.jsonl.gz``)."""
+    """Validate AN4 and write ``{train,dev,test}`` cut manifests (``.jsonl.gz``)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     train, bad_train = read_an4(corpus_dir, "train", sampling_rate)
     test, bad_test = read_an4(corpus_dir, "test", sampling_rate)
     bad = bad_train + bad_test
     train_ids, test_ids = {u.utt_id for u in train}, {u.utt_id for u in test}
-    for uid in sorted(train_ids & test_ids):
+    overlap = train_ids & test_ids
+    for uid in sorted(overlap):
         bad.append(BadItem(uid, "utterance id appears in both train and test"))
-    if bad:
-        report = "\n".join(f"  {b}" for b in bad)
-        if not skip_bad:
-            raise CorpusError(f"{len(bad)} problem(s) in {corpus_dir} (pass --skip-bad to leave them out):\n{report}")
-        bad_path = output_dir / "bad_utterances.txt"
-        with atomic_path(bad_path) as tmp:
-            Path(tmp).write_text("".join(f"{b.item}\t{b.problem}\n" for b in bad))
-        log.warning("skipping %d bad item(s), listed in %s:\n%s", len(bad), bad_path, report)
-        overlap = train_ids & test_ids
-        test = [u for u in test if u.utt_id not in overlap]
-        train = [u for u in train if u.utt_id not in overlap]
+    report_bad(bad, corpus_dir, output_dir, skip_bad)
+    test = [u for u in test if u.utt_id not in overlap]
+    train = [u for u in train if u.utt_id not in overlap]
     train, dev = speaker_disjoint_split(train, dev_fraction)
-    splits = {"train": train, "dev": dev, "test": test}
-    cutsets = {}
-    for name, utts in splits.items():
-        if not utts:
-            raise CorpusError(f"{corpus_dir}: the {name} set is empty")
-        cuts = make_cutset(utts)
-        write_manifest(cuts, output_dir / f"cuts_{name}.jsonl.gz")
-        cutsets[name] = cuts
-        log.info("%s: %d utterances, %d speakers, %.1f min", name, len(utts), len({u.speaker for u in utts}),
-                 sum(c.duration for c in cuts) / 60)
-    return cutsets
+    return write_splits({"train": train, "dev": dev, "test": test}, output_dir, corpus_dir)
 
 
 # ----------------------------------------------------------------------------------------------------------------

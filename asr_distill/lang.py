@@ -182,7 +182,9 @@ def estimate_bigram_arpa(sentences: Iterable[Sequence[str]], vocab: Iterable[str
             seen_mass += p
             seen_uni += p_uni[w]
         # back-off weight makes the unseen continuations sum to what the interpolation left them
-        backoff[h] = (1.0 - seen_mass) / max(1e-12, 1.0 - seen_uni)
+        # (a history followed by every word of a tiny vocabulary, as in yesno, leaves nothing to back off to)
+        unseen_uni = 1.0 - seen_uni
+        backoff[h] = max(1e-10, 1.0 - seen_mass) / unseen_uni if unseen_uni > 1e-9 else 1.0
     lg = math.log10
     words_sorted = sorted(vocab_set - {"</s>"}) + ["</s>"]
     lines = ["\\data\\", f"ngram 1={len(words_sorted) + 1}", f"ngram 2={len(p_bi)}", "", "\\1-grams:"]
@@ -274,8 +276,11 @@ def make_lexicon_fst(entries: Sequence[Tuple[str, List[str]]], phones: Dict[str,
 
 
 def prepare_lang(lexicon: Lexicon, train_texts: Sequence[str], lang_dir: Pathlike, sil_prob: float = 0.5,
-                 extra_words: Sequence[str] = ()) -> Lang:
-    """Write a complete lang directory: symbol tables, lexicon, topology, L, L_disambig, ARPA LM and G.fst."""
+                 extra_words: Sequence[str] = (), lm_words: Optional[Sequence[str]] = None) -> Lang:
+    """Write a complete lang directory: symbol tables, lexicon, topology, L, L_disambig, ARPA LM and G.fst.
+
+    ``lm_words``: the LM's vocabulary (default: every lexicon word).  A lexicon may hold more words than the LM, e.g.
+    dev/test words that only forced alignment needs: G gives them no path, so the decoder never outputs them."""
     lang_dir = Path(lang_dir)
     lang_dir.mkdir(parents=True, exist_ok=True)
     entries = [(w, p) for w, p in lexicon.entries if w not in ("<s>", "</s>", "<sil>")]
@@ -301,7 +306,8 @@ def prepare_lang(lexicon: Lexicon, train_texts: Sequence[str], lang_dir: Pathlik
     L.write(str(lang_dir / "L.fst"))
     L_disambig = make_lexicon_fst(disambig_entries, phones, words, sil_prob, word_disambig_loop=True)
     L_disambig.write(str(lang_dir / "L_disambig.fst"))
-    arpa = estimate_bigram_arpa([t.split() for t in train_texts], list(lex.words) + list(extra_words))
+    vocab = list(lex.words) if lm_words is None else sorted(set(lm_words) & set(lex.words))
+    arpa = estimate_bigram_arpa([t.split() for t in train_texts], vocab + list(extra_words))
     (lang_dir / "lm.arpa").write_text(arpa)
     G = make_g(lang_dir / "lm.arpa", lang_dir / "words.txt")
     G.write(str(lang_dir / "G.fst"))

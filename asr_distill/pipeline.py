@@ -80,13 +80,14 @@ class Experiment:
 
 # ------------------------------------------------------------------------------------------------------------------
 
-def stage_prepare(exp: Experiment, corpus_dir: Pathlike, skip_bad: bool = False, dev_fraction: float = 0.1) -> None:
-    """Stage 0: validate the corpus and write Lhotse manifests for train / dev (speaker-disjoint, from train) / test."""
-    from .data import prepare_an4
+def stage_prepare(exp: Experiment, corpus_dir: Optional[Pathlike] = None, skip_bad: bool = False,
+                  dev_fraction: float = 0.1, **corpus_options) -> None:
+    """Stage 0: validate the corpus (kind ``exp.corpus``: an4, librispeech, kaldi, yesno) and write Lhotse manifests
+    for train / dev / test (see :func:`asr_distill.corpora.prepare_corpus` for the options and split rules)."""
+    from .corpora import prepare_corpus
 
-    if exp.corpus != "an4":
-        raise ValueError(f"no corpus reader for {exp.corpus!r}")
-    prepare_an4(corpus_dir, exp / "data", skip_bad=skip_bad, dev_fraction=dev_fraction)
+    prepare_corpus(exp.corpus, exp / "data", corpus_dir=corpus_dir, skip_bad=skip_bad, dev_fraction=dev_fraction,
+                   **corpus_options)
 
 
 def stage_features(exp: Experiment, cmvn_mode: str = "speaker") -> None:
@@ -103,14 +104,30 @@ def stage_features(exp: Experiment, cmvn_mode: str = "speaker") -> None:
         stats.save(exp / "data" / f"cmvn_{kind}.npz")
 
 
-def stage_lang(exp: Experiment, lexicon_path: Pathlike, sil_prob: float = 0.5) -> None:
-    """Stage 2: lang directory (lexicon, topology, L, bigram G from the TRAINING transcripts) and an HCLG for the
-    initial monophone inventory (rebuilt with trained transition probabilities in stage 3)."""
+def stage_lang(exp: Experiment, lexicon_path: Optional[Pathlike] = None, sil_prob: float = 0.5,
+               use_cmudict: bool = True, oov_fallback: str = "grapheme") -> None:
+    """Stage 2: lexicon for the training vocabulary (corpus dictionary, then CMUdict, then grapheme rules: see
+    :mod:`asr_distill.lexicon`), topology, L, bigram G from the TRAINING transcripts, and an HCLG for the initial
+    monophone inventory (rebuilt with trained transition probabilities in stage 3)."""
     from .align import StateInventory
-    from .lang import read_cmu_dict, prepare_lang, make_hclg
+    from .lang import make_hclg, prepare_lang
+    from .lexicon import build_lexicon
 
-    lexicon = read_cmu_dict(lexicon_path)
-    lang = prepare_lang(lexicon, list(exp.texts("train").values()), exp / "lang", sil_prob=sil_prob)
+    train_texts = list(exp.texts("train").values())
+    vocab = {w for t in train_texts for w in t.split()}
+    # Dev/test words get pronunciations too, for forced alignment (frame labels) only: the LM's vocabulary is the
+    # training words plus the corpus dictionary's, so the decoder can never output a word seen only in test.
+    eval_words = {w for s in ("dev", "test") for t in exp.texts(s).values() for w in t.split()} - vocab
+    lexicon, report = build_lexicon(vocab | eval_words, lexicon_path, use_cmudict=use_cmudict, fallback=oov_fallback)
+    lm_words = vocab | {w for w, src in report.sources.items() if src == "corpus"}
+    lang = prepare_lang(lexicon, train_texts, exp / "lang", sil_prob=sil_prob, lm_words=sorted(lm_words))
+    report.write_fallback(exp / "lang" / "oov_fallback.txt")
+    write_json({"training_words": len(vocab), "lm_words": len(lm_words), "lexicon_words": len(lexicon.words),
+                "dev_test_only_words": len(eval_words), "sources": report.counts(),
+                "training_word_sources": {src: sum(1 for w in vocab if report.sources.get(w) == src)
+                                          for src in set(report.sources.values())}},
+               exp / "lang" / "lexicon_report.json")
+    log.info("lexicon: %d training words; pronunciations from %s", len(vocab), report.counts())
     inventory = StateInventory.monophone(lang)
     hclg = make_hclg(lang, inventory)
     (exp / "lang" / "graph").mkdir(exist_ok=True)

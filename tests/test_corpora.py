@@ -1,0 +1,194 @@
+"""Corpora beyond AN4: LibriSpeech layout, Kaldi data directories, yesno; splits; the recipes' early stages.
+
+The fixtures are the embedded AN4 slice rearranged (tools/make_layouts.py), so the audio is real; yesno is
+synthesised (the real corpus needs a download).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from asr_distill.corpora import prepare_corpus, read_kaldi_dir, read_librispeech
+from asr_distill.data import CorpusError
+from conftest import REPO, SLICE, read_transcription
+
+sys.path.insert(0, str(REPO / "tools"))
+import make_layouts  # noqa: E402
+
+N_TRAIN, N_TEST = len(read_transcription("train")), len(read_transcription("test"))
+
+
+def _cuts(path: Path):
+    with gzip.open(path, "rt") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def libri(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("libri")
+    make_layouts.librispeech(SLICE, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def kaldi_dirs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("kaldi")
+    make_layouts.kaldi(SLICE, root)
+    return root
+
+
+def test_librispeech_layout_mini_style_splits(libri, tmp_path):
+    cuts = prepare_corpus("librispeech", tmp_path, corpus_dir=libri)
+    sizes = {s: len(c) for s, c in cuts.items()}
+    # Mini LibriSpeech style (train-clean-5 + dev-clean-2): dev-clean-2 tests, dev is held-out training speakers
+    assert sizes["test"] == N_TEST and sizes["train"] + sizes["dev"] == N_TRAIN
+    spk = {s: {c.supervisions[0].speaker for c in cs} for s, cs in cuts.items()}
+    assert spk["dev"] and not spk["dev"] & spk["train"] and not spk["test"] & spk["train"]
+    texts = set(read_transcription("train").values())
+    assert all(c.supervisions[0].text in texts for c in cuts["train"])
+    assert {c.sampling_rate for cs in cuts.values() for c in cs} == {16000}
+
+
+def test_one_directory_split_by_speakers(libri, tmp_path):
+    cuts = prepare_corpus("librispeech", tmp_path, corpus_dir=libri, parts={"train": ["train-clean-5"]},
+                          dev_speakers=1, test_speakers=2)
+    spk = {s: {c.supervisions[0].speaker for c in cs} for s, cs in cuts.items()}
+    assert len(spk["dev"]) == 1 and len(spk["test"]) == 2
+    assert not (spk["dev"] & spk["train"]) and not (spk["test"] & spk["train"]) and not (spk["dev"] & spk["test"])
+    assert sum(len(c) for c in cuts.values()) == N_TRAIN  # nothing dropped
+
+
+def test_librispeech_problems_are_named_and_never_silently_dropped(libri, tmp_path):
+    import shutil
+
+    bad_root = tmp_path / "libri_bad"
+    shutil.copytree(libri, bad_root)
+    flacs = sorted((bad_root / "train-clean-5").rglob("*.flac"))
+    flacs[0].unlink()  # a transcript line whose audio is gone
+    flacs[1].write_bytes(b"garbage" * 100)  # unreadable audio
+    stray = flacs[2].parent / "999-999-0000.flac"  # audio nobody transcribed
+    shutil.copyfile(flacs[3], stray)
+    with pytest.raises(CorpusError) as err:
+        prepare_corpus("librispeech", tmp_path / "out", corpus_dir=bad_root)
+    msg = str(err.value)
+    assert "3 problem(s)" in msg
+    assert f"{flacs[0]}: audio file missing" in msg and f"{flacs[1]}: unreadable audio" in msg
+    assert f"{stray}: audio file has no transcript" in msg
+    cuts = prepare_corpus("librispeech", tmp_path / "out", corpus_dir=bad_root, skip_bad=True)
+    assert len(cuts["train"]) + len(cuts["dev"]) == N_TRAIN - 2
+    listed = (tmp_path / "out" / "bad_utterances.txt").read_text()
+    assert flacs[0].name in listed and flacs[1].name in listed and stray.name in listed
+
+
+def test_kaldi_dir_with_segments_and_pipes(kaldi_dirs, tmp_path):
+    utts, bad = read_kaldi_dir(kaldi_dirs / "train")
+    assert not bad and len(utts) == N_TRAIN
+    assert sum(u.command is not None for u in utts) == (N_TRAIN + 2) // 3  # every third entry is a pipe
+    cuts = prepare_corpus("kaldi", tmp_path, train_dir=kaldi_dirs / "train", test_dir=kaldi_dirs / "test")
+    piped = next(c for c in cuts["train"] if c.recording.sources[0].type == "command")
+    assert piped.start == pytest.approx(0.05)
+    audio = piped.load_audio()
+    assert audio.shape[1] == pytest.approx(piped.duration * 16000, abs=2)
+    # the segment really starts 50 ms into the file
+    import soundfile as sf
+
+    path = piped.recording.sources[0].source.split()[1]
+    whole, _ = sf.read(path, dtype="float32")
+    assert abs(audio[0, :400] - whole[800:1200]).max() < 1e-4
+
+
+def test_kaldi_dir_problems_are_named(kaldi_dirs, tmp_path):
+    import shutil
+
+    d = tmp_path / "train"
+    shutil.copytree(kaldi_dirs / "train", d)
+    lines = (d / "utt2spk").read_text().splitlines()
+    dropped = lines[0].split()[0]
+    (d / "utt2spk").write_text("\n".join(lines[1:]) + "\n")
+    seg = (d / "segments").read_text().splitlines()
+    late = seg[1].split()[0]
+    seg[1] = " ".join(seg[1].split()[:2] + ["0.0", "99.0"])
+    (d / "segments").write_text("\n".join(seg) + "\n")
+    _, bad = read_kaldi_dir(d)
+    problems = {b.item: b.problem for b in bad}
+    assert problems[dropped] == "in text but not in utt2spk"
+    assert "outside its recording" in problems[late]
+    with pytest.raises(CorpusError, match="wav.scp"):
+        read_kaldi_dir(tmp_path)  # not a data directory at all
+
+
+def test_yesno_is_resampled_to_16k(tmp_path):
+    make_layouts.yesno(tmp_path / "yesno")
+    cuts = prepare_corpus("yesno", tmp_path / "out", corpus_dir=tmp_path / "yesno")
+    assert {s: len(c) for s, c in cuts.items()} == {"train": 28, "dev": 3, "test": 29}
+    cut = next(iter(cuts["test"]))
+    assert cut.sampling_rate == 16000 and cut.recording.transforms  # resampled from 8 kHz
+    assert cut.load_audio().shape[1] == pytest.approx(cut.duration * 16000, abs=2)
+    assert set(cut.supervisions[0].text.split()) <= {"YES", "NO"} and len(cut.supervisions[0].text.split()) == 8
+
+
+def _recipe(name, *args, timeout=600):
+    import os
+
+    env = dict(os.environ)
+    env.pop("VIRTUAL_ENV", None)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run(["bash", str(REPO / "recipes" / name / "run.sh"), *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_librispeech_recipe_stages_0_to_3_with_an_oov_word(libri, tmp_path):
+    """No code changes, only the recipe: manifests, features, lexicon (CMUdict + a grapheme guess for a word no
+    dictionary has), HCLG, GMM alignments and a GMM decode; the OOV utterance is kept, not dropped."""
+    import shutil
+
+    corpus = tmp_path / "libri_oov"
+    shutil.copytree(libri, corpus)
+    trans = sorted((corpus / "train-clean-5").rglob("*.trans.txt"))[0]
+    lines = trans.read_text().splitlines()
+    uid, text = lines[0].split(" ", 1)
+    assert text == "YES"
+    lines[0] = f"{uid} YESS"  # in no dictionary; its spelling rules give YES's own pronunciation, Y EH S
+    trans.write_text("\n".join(lines) + "\n")
+    exp = tmp_path / "exp"
+    proc = _recipe("librispeech", "--corpus-dir", corpus, "--exp-dir", exp, "--stage", 0, "--stop-stage", 3,
+                   "--gmm-args", "--num-iters 10 --total-gauss 200")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (exp / "lang" / "oov_fallback.txt").read_text().split() == ["YESS", "Y", "EH", "S"]
+    ids = {c["id"] for s in ("train", "dev") for c in _cuts(exp / "data" / f"cuts_{s}.jsonl.gz")}
+    assert uid in ids and len(ids) == N_TRAIN
+    aligned = {c["id"] for s in ("train", "dev") for c in _cuts(exp / "gmm" / f"cuts_{s}_ali.jsonl.gz")}
+    assert uid in aligned  # the OOV utterance got frame labels like every other
+    rows = json.loads((exp / "results.json").read_text())["systems"]
+    assert rows[0]["kind"] == "gmm" and rows[0]["wer"] < 60  # 4 minutes of audio: far from chance, no more
+    report = json.loads((exp / "lang" / "lexicon_report.json").read_text())
+    assert report["training_word_sources"] == {"cmudict": report["training_words"] - 1, "grapheme": 1}
+    # test-only words can be aligned but never decoded: they are in words.txt, not in the LM
+    test_only = report["dev_test_only_words"]
+    assert report["lexicon_words"] == report["training_words"] + test_only
+    assert report["lm_words"] == report["training_words"]
+
+
+def test_kaldi_recipe_stages_0_to_2(kaldi_dirs, tmp_path):
+    exp = tmp_path / "exp"
+    proc = _recipe("kaldi", "--train-dir", kaldi_dirs / "train", "--test-dir", kaldi_dirs / "test",
+                   "--exp-dir", exp, "--stop-stage", 2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (exp / "lang" / "graph" / "HCLG.fst").is_file()
+    assert len(_cuts(exp / "data" / "fbank_test.jsonl.gz")) == N_TEST
+
+
+def test_yesno_recipe_smoke(tmp_path):
+    make_layouts.yesno(tmp_path / "yesno")
+    exp = tmp_path / "exp"
+    proc = _recipe("yesno", "--corpus-dir", tmp_path / "yesno", "--exp-dir", exp, "--stop-stage", 5)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {r["name"]: r for r in json.loads((exp / "results.json").read_text())["systems"]}
+    # two tones, eight words per file: the GMM must get nearly all of them
+    assert rows["gmm-mono"]["wer"] < 5
+    assert {"teacher0", "teacher1", "ensemble-arithmetic"} <= set(rows)
