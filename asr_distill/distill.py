@@ -462,6 +462,12 @@ class DistillStep:
     steps; the student's weights and optimizer state are restored after them, so the captured run trains exactly
     like the eager one.  With a graph, change the learning rate only through :meth:`set_lr`; ``T``, ``alpha`` and
     the model structure are baked into the graph, and an ``optimizer=`` passed in must be ``capturable=True``.
+
+    Data parallelism: ``grad_sync(params, batch_frames)`` is called after ``backward`` and before clipping and the
+    optimizer step (:func:`asr_distill.parallel.average_gradients`: the ranks' frame-weighted mean gradient).  A
+    hook rather than wrapping the student in ``DistributedDataParallel``: the student stays a plain module (its
+    ``config``, ``state_dict`` keys and checkpoints are those of a 1-process run), and the one flattened all-reduce
+    per step is all these small models need (DDP's bucketed overlap with backward buys little here).
     """
 
     def __init__(self, student: nn.Module, teachers: Union[StackedTeachers, Sequence[nn.Module], None] = None, *,
@@ -471,7 +477,8 @@ class DistillStep:
                  teacher_mode: str = "auto", compile: bool = False, compile_mode: Optional[str] = None,
                  compile_teachers: Optional[bool] = None,
                  cuda_graph: bool = False, fused_loss: Optional[bool] = None,
-                 optimizer: Optional[torch.optim.Optimizer] = None):
+                 optimizer: Optional[torch.optim.Optimizer] = None,
+                 grad_sync: Optional[Callable[[Sequence[nn.Parameter], float], None]] = None):
         if mean not in ENSEMBLE_MEANS:
             raise ValueError(f"unknown ensemble mean {mean!r}")
         if alpha > 0 and teachers is None and cache is None:
@@ -497,6 +504,11 @@ class DistillStep:
                 raise ValueError(f"the cache has {cache.num_frames} frames, the FrameSet {frames.num_frames}: "
                                  "it must be computed over the same FrameSet (rows = frame indices)")
             self.cache = cache.to(self.device)
+        self.grad_sync = grad_sync
+        if grad_sync is not None and cuda_graph and self.cuda:
+            # A cross-process all-reduce inside a captured graph would need NCCL graph capture and every rank
+            # replaying in lock-step, and the eager last partial batch would all-reduce outside the graph.
+            raise ValueError("grad_sync (data-parallel training) and cuda_graph=True do not combine")
         self.cuda_graph = bool(cuda_graph and self.cuda)
         if optimizer is None:
             kwargs: Dict[str, Any] = dict(betas=betas, eps=eps, weight_decay=weight_decay)
@@ -508,6 +520,7 @@ class DistillStep:
                 lr_arg = float(lr)
             optimizer = torch.optim.AdamW(student.parameters(), lr=lr_arg, **kwargs)
         self.optimizer = optimizer
+        self._params = [p for p in student.parameters() if p.requires_grad]
         self._loss_fn: Callable[..., torch.Tensor] = _targets_and_loss
         self._teacher_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = self.teachers
         if compile and self.cuda:
@@ -583,8 +596,10 @@ class DistillStep:
             return fused_ensemble_distillation_loss(z, teacher_logits, y, self.T, self.alpha, self.mean)
         return self._loss_fn(z, y, teacher_logits, topk_values, topk_indices, self.T, self.alpha, self.mean)
 
-    def _update(self, loss: torch.Tensor) -> None:
+    def _update(self, loss: torch.Tensor, batch: int) -> None:
         loss.backward()
+        if self.grad_sync is not None:  # before clipping: the norm to clip is the global batch's gradient's
+            self.grad_sync(self._params, float(batch))
         if self.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.max_grad_norm, foreach=self.cuda or None)
         self.optimizer.step()
@@ -592,7 +607,7 @@ class DistillStep:
     def _step(self, frame_index, x, y, zero_grad_to_none: bool) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=zero_grad_to_none)
         loss = self._loss(frame_index, x, y)
-        self._update(loss)
+        self._update(loss, (x if x is not None else frame_index).shape[0])
         return loss.detach()
 
     def _capture(self, frame_index, x, y, warmup: int = 3) -> None:
@@ -627,6 +642,6 @@ class DistillStep:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             loss = self._loss(self._static.get("frame_index"), self._static.get("x"), self._static.get("y"))
-            self._update(loss)
+            self._update(loss, self._graph_batch)
             self._static["loss"] = loss.detach()
         self._graph = graph

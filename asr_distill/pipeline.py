@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from .utils import Pathlike, atomic_path, read_json, write_json
 
 __all__ = ["Experiment", "stage_prepare", "stage_features", "stage_lang", "stage_gmm", "stage_teachers",
            "stage_evaluate", "stage_distill", "frame_cache", "load_frames", "Evaluator", "DistillRunner",
-           "ensemble_log_posteriors", "teacher_paths", "training_log_priors"]
+           "ensemble_log_posteriors", "teacher_paths", "training_log_priors", "shard_cache_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -280,16 +280,32 @@ def frame_cache(exp: Experiment, split: str) -> Path:
     return path
 
 
-def load_frames(exp: Experiment, split: str, left: int, right: int, device="cpu"):
+def load_frames(exp: Experiment, split: str, left: int, right: int, device="cpu",
+                shard: Optional[Tuple[int, int]] = None):
+    """The split's frames as a :class:`~asr_distill.frames.FrameSet`; with ``shard=(rank, world)`` only the
+    utterances of that rank's shard (:func:`asr_distill.parallel.shard_utterances`), in their cache order."""
     from .frames import FrameSet
+    from .parallel import shard_utterances
 
     z = np.load(frame_cache(exp, split), allow_pickle=False)
-    offs = np.concatenate([[0], np.cumsum(z["lengths"])])
-    feats = z["feats"].astype(np.float32)
-    labels = z["labels"].astype(np.int64)
-    mats = [feats[offs[i]:offs[i + 1]] for i in range(len(offs) - 1)]
-    labs = [labels[offs[i]:offs[i + 1]] for i in range(len(offs) - 1)]
-    return FrameSet.from_arrays(mats, labs, [str(u) for u in z["utt_ids"]], left, right, device)
+    lengths = z["lengths"]
+    offs = np.concatenate([[0], np.cumsum(lengths)])
+    keep = range(len(lengths)) if shard is None else shard_utterances(lengths, *shard)
+    feats, labels, ids = z["feats"], z["labels"], z["utt_ids"]
+    mats = [feats[offs[i]:offs[i + 1]].astype(np.float32) for i in keep]
+    labs = [labels[offs[i]:offs[i + 1]].astype(np.int64) for i in keep]
+    return FrameSet.from_arrays(mats, labs, [str(ids[i]) for i in keep], left, right, device)
+
+
+def shard_cache_rows(exp: Experiment, split: str, shard: Tuple[int, int]):
+    """Frame indices, in the whole split, of the frames ``load_frames(..., shard=shard)`` holds (in its order): the
+    rows of a whole-split top-k cache that belong to the shard."""
+    import torch
+
+    from .parallel import shard_frame_index, shard_utterances
+
+    lengths = np.load(frame_cache(exp, split), allow_pickle=False)["lengths"]
+    return torch.from_numpy(shard_frame_index(lengths, shard_utterances(lengths, *shard)))
 
 
 def training_log_priors(exp: Experiment) -> np.ndarray:
@@ -313,35 +329,51 @@ def model_config(arch: str, exp: Experiment, left: int, right: int, hidden_dim: 
 def _device(name: str):
     import torch
 
+    from .parallel import device_for
+
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
-    return torch.device(name)
+    return device_for(name)  # under torchrun: this process's GPU
+
+
+def _shard() -> Optional[Tuple[int, int]]:
+    """(rank, world) under torchrun, else None (the whole set)."""
+    from . import parallel
+
+    return (parallel.rank(), parallel.world_size()) if parallel.is_distributed() else None
 
 
 def stage_teachers(exp: Experiment, num_teachers: int = 4, archs: Sequence[str] = ("mlp",), left: int = 12,
                    right: int = 12, hidden_dim: int = 1024, num_layers: int = 4, dropout: float = 0.4,
                    device: str = "cpu", train_config=None) -> dict:
     """Stage 4: K teachers trained with cross-entropy on the GMM alignments, differing in seed (and architecture
-    when ``archs`` lists several, cycled).  Each is resumable (``EXP/teachers/teacher<k>/checkpoint.pt``)."""
+    when ``archs`` lists several, cycled).  Each is resumable (``EXP/teachers/teacher<k>/checkpoint.pt``).
+
+    Under ``torchrun`` every rank trains every teacher on its own shard of the training utterances (data
+    parallel, :func:`~asr_distill.train.train_model`); rank 0 writes the files."""
     import torch
 
+    from . import parallel
     from .models import build_model
     from .train import TrainConfig, train_model
 
     dev = _device(device)
-    train = load_frames(exp, "train", left, right, dev)
+    train = load_frames(exp, "train", left, right, dev, shard=_shard())
     dev_set = load_frames(exp, "dev", left, right, dev)
     summaries = {}
     for k in range(num_teachers):
         out = exp / "teachers" / f"teacher{k}"
-        if (out / "summary.json").exists() and read_json(out / "summary.json").get("finished"):
+        done = (out / "summary.json").exists() and read_json(out / "summary.json").get("finished")
+        if parallel.broadcast_object(done):  # rank 0's view: every rank must skip (or train) the same teachers
             log.info("teacher %d already trained", k)
             continue
         cfg = TrainConfig(**{**(train_config or {}), "seed": k})
         torch.manual_seed(k)
         model = build_model(model_config(archs[k % len(archs)], exp, left, right, hidden_dim, num_layers, dropout))
         summaries[f"teacher{k}"] = train_model(model, train, dev_set, cfg, out)
-    write_json({"num_teachers": num_teachers, "left": left, "right": right}, exp / "teachers" / "teachers.json")
+    if parallel.is_main():
+        write_json({"num_teachers": num_teachers, "left": left, "right": right}, exp / "teachers" / "teachers.json")
+    parallel.barrier()
     return {"num_teachers": num_teachers}
 
 
@@ -484,17 +516,27 @@ def hidden_for_params(target: int, cfg: dict) -> int:
 
 
 class DistillRunner:
-    """Everything stage 6 trains shares the training frames, the teachers and the evaluator."""
+    """Everything stage 6 trains shares the training frames, the teachers and the evaluator.
+
+    Under ``torchrun`` every rank holds its shard of the training frames and trains every system with the others
+    (data parallel); only rank 0 (``self.main``) holds the test frames and the evaluator, and scores and decodes:
+    on the other ranks :meth:`decode` and :meth:`frame_acc` return NaN placeholders, which are never written."""
 
     def __init__(self, exp: Experiment, device: str, jobs: int, train_config: Optional[dict] = None,
                  mean: str = "arithmetic"):
+        from . import parallel
         from .train import load_model
 
         meta = read_json(exp / "teachers" / "teachers.json")
         self.exp, self.mean = exp, mean
+        self.main = parallel.is_main()
+        self.shard = _shard()
         self.device = _device(device)
         self.left, self.right = meta["left"], meta["right"]
-        self.frames = {s: load_frames(exp, s, self.left, self.right, self.device) for s in SPLITS}
+        self.frames = {"train": load_frames(exp, "train", self.left, self.right, self.device, shard=self.shard),
+                       "dev": load_frames(exp, "dev", self.left, self.right, self.device)}
+        if self.main:
+            self.frames["test"] = load_frames(exp, "test", self.left, self.right, self.device)
         self.teachers = [load_model(p, self.device).eval() for p in teacher_paths(exp)]
         self.teacher_config = dict(self.teachers[0].config)
         # train like the teachers unless told otherwise (the paper's baseline is "trained like a teacher")
@@ -505,7 +547,7 @@ class DistillRunner:
         inherited = read_json(exp / "teachers" / "teacher0" / "config.json")["train"]
         keep = {f.name for f in fields(TrainConfig)} - {"seed", "frame_subset"}
         self.train_config = {**{k: v for k, v in inherited.items() if k in keep}, **(train_config or {})}
-        self.evaluator = Evaluator(exp, jobs)
+        self.evaluator = Evaluator(exp, jobs) if self.main else None
         ens = read_json(exp / "decode" / f"ensemble-{mean}" / "wer.json")
         self.ensemble_acc = ens["frame_acc"]
 
@@ -523,16 +565,44 @@ class DistillRunner:
         summary = train_model(model, self.frames["train"], self.frames["dev"], cfg, out,
                               teachers=self.teachers if cache is None else None, cache=cache, T=T, alpha=alpha,
                               mean=self.mean)
-        return load_model(out / "best.pt", self.device), summary
+        return (load_model(out / "best.pt", self.device) if self.main else model), summary
+
+    def topk_cache(self, T: float, k: int):
+        """The top-k soft targets of the training frames, cached in ``EXP/distill`` for the WHOLE training set
+        (rank 0 computes it once, the same file whatever the number of processes); under ``torchrun`` each rank
+        keeps the rows of its own shard.  Returns ``(cache, path)``."""
+        from . import parallel
+        from .distill import StackedTeachers, TopKCache, compute_topk_soft_targets, load_topk_cache, \
+            save_topk_cache
+
+        path = self.exp / "distill" / f"topk_T{T:g}_k{k}_{self.mean}.pt"
+        if self.main and not path.exists():
+            full = self.frames["train"] if self.shard is None else \
+                load_frames(self.exp, "train", self.left, self.right, self.device)
+            c = compute_topk_soft_targets(StackedTeachers(self.teachers, device=self.device), full, T, k,
+                                          mean=self.mean)
+            save_topk_cache(path, c.values, c.indices, c.meta)
+            del full
+        parallel.barrier()
+        cache = load_topk_cache(path, "cpu" if self.shard is not None else self.device)
+        if self.shard is not None:
+            rows = shard_cache_rows(self.exp, "train", self.shard)
+            cache = TopKCache(cache.values[rows], cache.indices[rows], dict(cache.meta)).to(self.device)
+        return cache, path
 
     def frame_acc(self, model, split: str = "test") -> float:
         from .train import frame_accuracy
 
+        if not self.main:
+            return float("nan")
         return round(frame_accuracy(model, self.frames[split])[0], 2)
 
     def decode(self, name: str, kind: str, model, extra: Optional[dict] = None) -> dict:
         from .models import count_parameters
 
+        if not self.main:
+            return {"name": name, "kind": kind, "params": count_parameters(model), "frame_acc": float("nan"),
+                    "wer": float("nan")}
         post = _model_log_posteriors(model, {s: self.frames[s] for s in ("dev", "test")})
         return self.evaluator.evaluate(name, kind, post, count_parameters(model), extra)
 
@@ -548,8 +618,11 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
     * ``table5``: 3% of the training frames, hard targets vs the ensemble's soft targets (test frame accuracy).
     * ``sweep``: T in {1, 2, 5, 10} x alpha in {0, 0.5, 0.9}, test and dev frame accuracy, and a plot.
     * ``compression``: distilled students with 1, 1/4 and 1/16 of a teacher's parameters, WER against parameters.
+
+    Under ``torchrun`` every system is trained data-parallel by all ranks; rank 0 alone decodes and writes the
+    results (the other ranks run the same sequence of trainings and skip the rest).  The top-k cache mode works
+    too: the cache file covers the whole training set and each rank uses its shard's rows.
     """
-    from .distill import compute_topk_soft_targets, load_topk_cache, save_topk_cache, StackedTeachers
     from .models import build_model, count_parameters
     from .results import update_experiment
 
@@ -566,12 +639,7 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
             cache = None
             extra = {"T": T, "alpha": alpha, "teacher_source": source}
             if source == "cache":
-                path = exp / "distill" / f"topk_T{T:g}_k{topk}_{mean}.pt"
-                if not path.exists():
-                    c = compute_topk_soft_targets(StackedTeachers(run.teachers, device=run.device),
-                                                  run.frames["train"], T, topk, mean=mean)
-                    save_topk_cache(path, c.values, c.indices, c.meta)
-                cache = load_topk_cache(path, run.device)
+                cache, path = run.topk_cache(T, topk)
                 extra.update(topk=topk, cache_mb=round(path.stat().st_size / 2**20, 2),
                              cache_kept_mass=round(float(cache.meta.get("mean_kept_mass", float("nan"))), 4))
             name = "student" if source == "live" else f"student-top{topk}"
@@ -581,7 +649,8 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
             recovered = (row["frame_acc"] - base_row["frame_acc"]) / gain if gain > 0 else float("nan")
             table[source] = {"frame_acc": row["frame_acc"], "wer": row["wer"], "recovered_fraction":
                              round(recovered, 3), **extra}
-        update_experiment(exp.dir, "table1", table)
+        if run.main:
+            update_experiment(exp.dir, "table1", table)
         out["table1"] = table
     if "table5" in experiments:
         rows = {}
@@ -589,7 +658,8 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
             m, summ = run.train(f"table5-{name}", cfg, T=T, alpha=a, frame_subset=0.03, epochs=40, patience=8)
             rows[name] = {"test_frame_acc": run.frame_acc(m), "dev_frame_acc": run.frame_acc(m, "dev"),
                           "alpha": a, "T": T, "best_epoch": summ["best_epoch"], "train_frames": summ["train_frames"]}
-        update_experiment(exp.dir, "table5", rows)
+        if run.main:
+            update_experiment(exp.dir, "table5", rows)
         out["table5"] = rows
     if "sweep" in experiments:
         rows = []
@@ -598,8 +668,9 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
                 m, _ = run.train(f"sweep-T{t:g}-a{a:g}", cfg, T=t, alpha=a)
                 rows.append({"T": t, "alpha": a, "test_frame_acc": run.frame_acc(m),
                              "dev_frame_acc": run.frame_acc(m, "dev")})
-        update_experiment(exp.dir, "sweep", rows)
-        _plot_sweep(rows, exp / "distill" / "sweep.png")
+        if run.main:
+            update_experiment(exp.dir, "sweep", rows)
+            _plot_sweep(rows, exp / "distill" / "sweep.png")
         out["sweep"] = rows
     if "compression" in experiments:
         rows = []
@@ -615,8 +686,9 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
             rows.append({"hidden_dim": h, "params": row["params"], "param_fraction": frac,
                          "student_wer": row["wer"], "student_frame_acc": row["frame_acc"],
                          "baseline_wer": brow["wer"], "baseline_frame_acc": brow["frame_acc"]})
-        update_experiment(exp.dir, "compression", rows)
-        _plot_compression(rows, exp / "distill" / "compression.png")
+        if run.main:
+            update_experiment(exp.dir, "compression", rows)
+            _plot_compression(rows, exp / "distill" / "compression.png")
         out["compression"] = rows
     return out
 

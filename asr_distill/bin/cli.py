@@ -2,6 +2,9 @@
 
 Stage commands take ``--exp-dir`` and skip themselves when their ``EXP/.done/<stage>`` marker exists (``--force``
 redoes them); an interrupted stage has no marker and is redone from its start.
+
+``train-teachers`` and ``distill`` also run data-parallel under ``torchrun --nproc_per_node N $(which asr-distill)
+...``: every rank trains on its shard of the training utterances, rank 0 alone decodes and writes files/markers.
 """
 from __future__ import annotations
 
@@ -25,8 +28,12 @@ def cli(verbose: bool) -> None:
     setup_logging(verbose)
 
 
-def stage_command(stage: str):
-    """Wrap a stage: skip when done (unless --force), log its time, mark it done at the end."""
+def stage_command(stage: str, distributed: bool = False):
+    """Wrap a stage: skip when done (unless --force), log its time, mark it done at the end.
+
+    ``distributed``: the stage may run under torchrun; the wrapper joins the process group (backend from the
+    command's ``--device``), makes every rank take rank 0's skip decision, quiets the other ranks' logs, and lets
+    rank 0 alone write the marker once every rank has finished."""
 
     def deco(fn):
         @click.option("--exp-dir", required=True, type=click.Path(file_okay=False), help="experiment directory")
@@ -34,17 +41,28 @@ def stage_command(stage: str):
         @click.option("--force", is_flag=True, help="redo the stage even if it finished before")
         @functools.wraps(fn)
         def wrapper(exp_dir, corpus, force, **kwargs):
+            from .. import parallel
             from ..pipeline import Experiment
 
-            exp = Experiment(exp_dir, corpus)
-            if exp.done(stage) and not force:
-                log.info("stage %s: already done (%s); --force to redo", stage, exp / ".done" / stage)
-                return
-            t0 = time.time()
-            log.info("stage %s: start", stage)
-            info = fn(exp, **kwargs) or {}
-            exp.mark_done(stage, {"seconds": round(time.time() - t0, 1), **(info if isinstance(info, dict) else {})})
-            log.info("stage %s: done in %.0f s", stage, time.time() - t0)
+            if distributed and parallel.init_distributed(kwargs.get("device", "cpu")) and not parallel.is_main():
+                logging.getLogger("asr_distill").setLevel(logging.WARNING)  # one log, rank 0's
+            try:
+                exp = Experiment(exp_dir, corpus)
+                if parallel.broadcast_object(exp.done(stage) and not force):
+                    log.info("stage %s: already done (%s); --force to redo", stage, exp / ".done" / stage)
+                    return
+                t0 = time.time()
+                log.info("stage %s: start%s", stage,
+                         f" ({parallel.world_size()} processes)" if parallel.is_distributed() else "")
+                info = fn(exp, **kwargs) or {}
+                parallel.barrier()
+                if parallel.is_main():
+                    exp.mark_done(stage, {"seconds": round(time.time() - t0, 1),
+                                          **(info if isinstance(info, dict) else {})})
+                log.info("stage %s: done in %.0f s", stage, time.time() - t0)
+            finally:
+                if distributed:
+                    parallel.shutdown()
 
         return wrapper
 
@@ -172,7 +190,7 @@ def _train_config(epochs, batch_size, lr, weight_decay, patience) -> dict:
 @click.option("--num-layers", default=4, show_default=True)
 @click.option("--dropout", default=0.4, show_default=True)
 @_train_options()
-@stage_command("teachers")
+@stage_command("teachers", distributed=True)
 def train_teachers(exp, num_teachers, archs, left_context, right_context, hidden_dim, num_layers, dropout, device,
                    epochs, batch_size, lr, weight_decay, patience):
     """Stage 4: K DNN teachers trained with cross-entropy on the GMM alignments (resumable)."""
@@ -204,7 +222,7 @@ def evaluate(exp, jobs, device):
 @click.option("--experiments", default="table1", show_default=True,
               help="comma-separated: table1, table5, sweep, compression")
 @_train_options(inherit=True)
-@stage_command("distill")
+@stage_command("distill", distributed=True)
 def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experiments, device, epochs, batch_size,
             lr, weight_decay, patience):
     """Stage 6: hard-label baseline and distilled student(s); optional paper experiments."""
