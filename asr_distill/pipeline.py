@@ -343,8 +343,8 @@ def _shard() -> Optional[Tuple[int, int]]:
     return (parallel.rank(), parallel.world_size()) if parallel.is_distributed() else None
 
 
-def stage_teachers(exp: Experiment, num_teachers: int = 4, archs: Sequence[str] = ("mlp",), left: int = 12,
-                   right: int = 12, hidden_dim: int = 1024, num_layers: int = 4, dropout: float = 0.4,
+def stage_teachers(exp: Experiment, num_teachers: int = 4, archs: Sequence[str] = ("mlp",), left: int = 5,
+                   right: int = 5, hidden_dim: int = 512, num_layers: int = 4, dropout: float = 0.0,
                    device: str = "cpu", train_config=None) -> dict:
     """Stage 4: K teachers trained with cross-entropy on the GMM alignments, differing in seed (and architecture
     when ``archs`` lists several, cycled).  Each is resumable (``EXP/teachers/teacher<k>/checkpoint.pt``).

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    epochs: int = 12
+    epochs: int = 10
     batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 1e-4

@@ -27,7 +27,8 @@ force=
 prepare_args=(${extra_prepare_args:-})
 lang_args=(${extra_lang_args:-})
 
-usage() { sed -n '2,23p' "${BASH_SOURCE[0]}"; exit 1; }
+# --help: the recipe's own header, then the shared options and stages above
+usage() { sed -n '2,/^[^#]/{/^#/p}' "$0"; sed -n '6,/^set -euo/{/^#/p}' "${BASH_SOURCE[0]}"; exit 1; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --corpus-dir) corpus_dir=$2; shift 2;;

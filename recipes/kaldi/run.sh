@@ -13,6 +13,6 @@ exp_dir=exp/kaldi
 lexicon=
 stop_stage=7
 num_teachers=4
-teacher_args="--left-context 5 --right-context 5"
+teacher_args=""
 distill_args=""
 source "$(dirname "$0")/../common/stages.sh"

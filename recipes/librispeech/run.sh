@@ -17,7 +17,7 @@ exp_dir=exp/librispeech
 lexicon=
 stop_stage=7
 num_teachers=4
-teacher_args="--left-context 5 --right-context 5 --hidden-dim 1024 --num-layers 4 --epochs 10"
+teacher_args=""
 distill_args=""
 gmm_args="--total-gauss 2000"
 source "$(dirname "$0")/../common/stages.sh"
