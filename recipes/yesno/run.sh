@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# yesno smoke run (about a minute on 2 CPU cores): 60 files of eight Hebrew "yes"/"no" words, 8 kHz, one speaker.
+# yesno smoke run (2-3 minutes on 2 CPU cores): 60 files of eight Hebrew "yes"/"no" words, 8 kHz, one speaker.
 #
 #   recipes/yesno/run.sh --corpus-dir DIR --exp-dir exp/yesno [--download]
 #
