@@ -167,7 +167,8 @@ def _model(exp):
     return build_model(model_config("mlp", exp, LEFT, RIGHT, hidden_dim=64, num_layers=2, dropout=0.0))
 
 
-def _train_worker(rank: int, world: int, exp_dir: str, out_dir: str, seed: int, report: str) -> None:
+def _train_worker(rank: int, world: int, exp_dir: str, out_dir: str, seed: int, report: str,
+                  stop_after_epochs=None) -> None:
     from asr_distill.pipeline import Experiment, load_frames
     from asr_distill.train import TrainConfig, train_model
 
@@ -190,7 +191,8 @@ def _train_worker(rank: int, world: int, exp_dir: str, out_dir: str, seed: int, 
     train = load_frames(exp, "train", LEFT, RIGHT, shard=(rank, world))
     dev = load_frames(exp, "dev", LEFT, RIGHT)
     model = _model(exp)
-    summary = train_model(model, train, dev, TrainConfig(**TRAIN, seed=seed), out_dir, progress=False)
+    summary = train_model(model, train, dev, TrainConfig(**TRAIN, seed=seed), out_dir, progress=False,
+                          stop_after_epochs=stop_after_epochs)
     torch.save({"written": written, "summary": summary, "state": model.state_dict(), "frames": train.num_frames,
                 "utts": train.utt_ids}, Path(report) / f"rank{rank}.pt")
 
@@ -263,3 +265,29 @@ def test_two_process_training_matches_one_process(exp, tmp_path):
     lr_ddp = [float(r.split(",")[1]) for r in (ddp_out / "log.csv").read_text().splitlines()[1:]]
     lr_one = [float(r.split(",")[1]) for r in (tmp_path / "single7" / "log.csv").read_text().splitlines()[1:]]
     np.testing.assert_allclose(lr_ddp, lr_one, rtol=0.05)
+
+
+def test_two_process_run_interrupted_and_resumed_ends_where_an_uninterrupted_one_does(exp, tmp_path):
+    """Stop a 2-process run after epoch 1 (as a crash after a checkpoint would), relaunch it: rank 0 reads the
+    checkpoint and sends it to rank 1, and the run ends with the same weights, bit for bit, as one never stopped
+    (per-rank shuffling and dropout seeds depend only on seed, epoch and rank)."""
+    from asr_distill.pipeline import frame_cache
+
+    for split in ("train", "dev"):
+        frame_cache(exp, split)
+    reports = {name: tmp_path / f"report_{name}" for name in ("whole", "first", "resumed")}
+    for d in reports.values():
+        d.mkdir()
+    _launch(_train_worker, str(exp.dir), str(tmp_path / "whole"), 7, str(reports["whole"]))
+    _launch(_train_worker, str(exp.dir), str(tmp_path / "split"), 7, str(reports["first"]), 1)
+    first = torch.load(reports["first"] / "rank0.pt", weights_only=True)
+    assert first["summary"]["epochs_run"] == 1 and not first["summary"]["finished"]
+    _launch(_train_worker, str(exp.dir), str(tmp_path / "split"), 7, str(reports["resumed"]))
+    whole = [torch.load(reports["whole"] / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    resumed = [torch.load(reports["resumed"] / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    assert resumed[0]["summary"]["epochs_run"] == 2 and resumed[0]["summary"]["finished"]
+    for r in range(WORLD):
+        for k, v in whole[r]["state"].items():
+            assert torch.equal(v, resumed[r]["state"][k]), (r, k)
+    assert resumed[1]["written"] == []  # the relaunch, too, wrote only from rank 0
+    assert len((tmp_path / "split" / "log.csv").read_text().splitlines()) == 1 + 2
