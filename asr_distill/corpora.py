@@ -47,7 +47,7 @@ def _validate(utts: List[Utterance], bad: List[BadItem]) -> List[Utterance]:
     for u in utts:
         key = u.command or str(u.audio_path)
         if key not in checked:
-            checked[key] = check_audio(Path(u.audio_path) if u.audio_path else Path(key), None, u.command)
+            checked[key] = check_audio(Path(u.audio_path), None, u.command)
         problem, n, sr = checked[key]
         if problem:
             bad.append(BadItem(u.command or str(u.audio_path), problem))
@@ -187,7 +187,7 @@ def read_kaldi_dir(data_dir: Pathlike) -> Tuple[List[Utterance], List[BadItem]]:
             bad.append(BadItem(utt, f"recording {rec!r} is not in wav.scp"))
             continue
         entry = wav[rec]
-        command = entry if entry.endswith("|") else None
+        command = entry[:-1].strip() if entry.endswith("|") else None
         path = None if command else Path(entry) if Path(entry).is_absolute() else (data_dir / entry)
         if path is not None and not path.is_file():
             path = Path(entry)  # Kaldi's paths are relative to the recipe directory, not the data directory

@@ -61,7 +61,7 @@ class Utterance:
     start: float = 0.0
     duration: Optional[float] = None
     recording_id: Optional[str] = None
-    command: Optional[str] = None  # Kaldi wav.scp pipe ("sph2pipe -f wav x.sph |") instead of a file
+    command: Optional[str] = None  # Kaldi wav.scp pipe without its "|" ("sph2pipe -f wav x.sph") instead of a file
 
 
 @dataclass
@@ -93,7 +93,7 @@ def _sphere_sample_count(path: Path) -> Optional[int]:
 
 def check_audio(path: Path, expected_rate: Optional[int], command: Optional[str] = None
                 ) -> Tuple[Optional[str], int, int]:
-    """Decode the whole file (or the output of a Kaldi wav.scp ``command |``); return (problem or None,
+    """Decode the whole file (or the output of a Kaldi wav.scp pipe's ``command``); return (problem or None,
     num_samples, sampling_rate).  ``expected_rate=None`` accepts any rate (the cuts get resampled)."""
     import io
     import subprocess
@@ -102,7 +102,7 @@ def check_audio(path: Path, expected_rate: Optional[int], command: Optional[str]
 
     try:
         if command is not None:
-            proc = subprocess.run(command.rstrip().rstrip("|"), shell=True, capture_output=True, timeout=300)
+            proc = subprocess.run(command, shell=True, capture_output=True, timeout=300)
             if proc.returncode != 0:
                 return (f"command failed with status {proc.returncode}: "
                         f"{proc.stderr.decode(errors='replace').strip()[:120]}"), 0, 0
@@ -229,7 +229,7 @@ def make_cutset(utts: Sequence[Utterance], sampling_rate: Optional[int] = None):
         rec = recordings.get(rec_id)
         if rec is None:
             if u.command:
-                source = AudioSource(type="command", channels=[0], source=u.command.rstrip().rstrip("|").strip())
+                source = AudioSource(type="command", channels=[0], source=u.command)
             else:
                 source = AudioSource(type="file", channels=[0], source=str(Path(u.audio_path).resolve()))
             if u.num_samples:  # already decoded by validation: no need to read the audio again
@@ -268,8 +268,7 @@ def report_bad(bad: Sequence[BadItem], source: Pathlike, output_dir: Path, skip_
 
 def write_splits(splits: Dict[str, Sequence[Utterance]], output_dir: Pathlike, source: Pathlike = "",
                  sampling_rate: Optional[int] = None) -> Dict[str, "CutSet"]:
-    """Write ``cuts_{train,dev,test}.jsonl.gz`` (atomically) after checking the splits share no utterance or
-    speaker between train/dev and test."""
+    """Write ``cuts_{train,dev,test}.jsonl.gz`` (atomically) after checking that no utterance is in two splits."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     ids = {name: {u.utt_id for u in utts} for name, utts in splits.items()}
