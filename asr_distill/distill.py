@@ -468,6 +468,10 @@ class DistillStep:
     hook rather than wrapping the student in ``DistributedDataParallel``: the student stays a plain module (its
     ``config``, ``state_dict`` keys and checkpoints are those of a 1-process run), and the one flattened all-reduce
     per step is all these small models need (DDP's bucketed overlap with backward buys little here).
+
+    ``augment`` (e.g. :class:`asr_distill.augment.WindowAugment`) perturbs every batch's windows before the
+    teachers and the student see them, so live teachers label the perturbed input; it draws from the global RNG
+    (inside a CUDA graph too: each replay draws afresh).
     """
 
     def __init__(self, student: nn.Module, teachers: Union[StackedTeachers, Sequence[nn.Module], None] = None, *,
@@ -478,13 +482,18 @@ class DistillStep:
                  compile_teachers: Optional[bool] = None,
                  cuda_graph: bool = False, fused_loss: Optional[bool] = None,
                  optimizer: Optional[torch.optim.Optimizer] = None,
-                 grad_sync: Optional[Callable[[Sequence[nn.Parameter], float], None]] = None):
+                 grad_sync: Optional[Callable[[Sequence[nn.Parameter], float], None]] = None,
+                 augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         if mean not in ENSEMBLE_MEANS:
             raise ValueError(f"unknown ensemble mean {mean!r}")
         if alpha > 0 and teachers is None and cache is None:
             raise ValueError("alpha > 0 needs teachers or a top-k cache")
         if teachers is not None and cache is not None:
             raise ValueError("give teachers or a cache, not both")
+        if augment is not None and cache is not None and alpha > 0:
+            # the cached targets describe the clean windows: a perturbed input would get another input's target
+            raise ValueError("input augmentation needs live teachers (or alpha=0), not a top-k cache")
+        self.augment = augment
         self.student = student
         self.device = next(student.parameters()).device
         self.cuda = self.device.type == "cuda"
@@ -584,6 +593,8 @@ class DistillStep:
             x = self.frames.windows(frame_index)
             if y is None and self.alpha < 1:
                 y = self.frames.labels[frame_index]
+        if self.augment is not None:  # before the teachers: they label what the student sees
+            x = self.augment(x)
         teacher_logits = topk_values = topk_indices = None
         if self.teachers is not None:
             with torch.no_grad():

@@ -26,7 +26,8 @@ from .utils import Pathlike, atomic_path, read_json, write_json
 
 __all__ = ["Experiment", "stage_prepare", "stage_features", "stage_lang", "stage_gmm", "stage_teachers",
            "stage_evaluate", "stage_distill", "frame_cache", "load_frames", "Evaluator", "DistillRunner",
-           "ensemble_log_posteriors", "teacher_paths", "training_log_priors", "shard_cache_rows"]
+           "ensemble_log_posteriors", "teacher_paths", "training_log_priors", "shard_cache_rows", "student_recipe",
+           "parse_select_candidates", "SELECT_PAIRS", "SELECT_RECIPES"]
 
 log = logging.getLogger(__name__)
 
@@ -607,9 +608,59 @@ class DistillRunner:
         return self.evaluator.evaluate(name, kind, post, count_parameters(model), extra)
 
 
+# Stage 6's ``select`` candidates: (T, alpha) x student recipes.  The recipes: the teachers' own (10 epochs), a
+# longer schedule, and the longer schedule with input perturbation of the windows that the live teachers label
+# (asr_distill.augment).  Chosen on DEV frame accuracy only.
+SELECT_PAIRS = ((2.0, 0.5), (2.0, 0.9), (5.0, 0.5))
+SELECT_RECIPES = ({}, {"epochs": 30}, {"epochs": 30, "noise_std": 0.2, "freq_mask": 8})
+
+
+def _student_dir(T: float, alpha: float, recipe: Mapping[str, object]) -> str:
+    """``sweep-T2-a0.5`` (the teachers' recipe), ``sweep-T2-a0.5-e30-f8-n0.2``: shared by ``select`` and ``sweep``,
+    which then reuse each other's finished runs."""
+    short = {"epochs": "e", "noise_std": "n", "freq_mask": "f"}
+    return f"sweep-T{T:g}-a{alpha:g}" + "".join(f"-{short.get(k, k)}{v:g}" for k, v in sorted(recipe.items()))
+
+
+def student_recipe(epochs: Optional[int] = None, noise_std: float = 0.0, freq_mask: int = 0) -> dict:
+    """The students' training overrides, only the ones that differ from the teachers' recipe."""
+    recipe: Dict[str, object] = {}
+    if epochs is not None:
+        recipe["epochs"] = int(epochs)
+    if noise_std:
+        recipe["noise_std"] = float(noise_std)
+    if freq_mask:
+        recipe["freq_mask"] = int(freq_mask)
+    return recipe
+
+
+def parse_select_candidates(spec: str) -> List[Tuple[float, float, dict]]:
+    """``"2:0.5,2:0.9:30:0.2:8"`` -> ``[(2.0, 0.5, {}), (2.0, 0.9, {epochs: 30, noise_std: 0.2, freq_mask: 8})]``."""
+    out = []
+    for item in filter(None, (x.strip() for x in spec.replace(" ", ",").split(","))):
+        parts = item.split(":")
+        if not 2 <= len(parts) <= 5:
+            raise ValueError(f"select candidate {item!r}: expected T:alpha[:epochs[:noise_std[:freq_mask]]]")
+        try:
+            t, a = float(parts[0]), float(parts[1])
+            epochs = int(parts[2]) if len(parts) > 2 and parts[2] else None
+            noise = float(parts[3]) if len(parts) > 3 else 0.0
+            mask = int(parts[4]) if len(parts) > 4 else 0
+        except ValueError as e:
+            raise ValueError(f"select candidate {item!r}: {e}") from None
+        if a <= 0:
+            raise ValueError(f"select candidate {item!r}: alpha must be > 0 (alpha 0 is the baseline)")
+        out.append((t, a, student_recipe(epochs, noise, mask)))
+    if not out:
+        raise ValueError(f"no select candidates in {spec!r}")
+    return out
+
+
 def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float = 2.0, alpha: float = 0.5,
                   mean: str = "arithmetic", teacher_source: str = "live", topk: int = 16,
-                  experiments: Sequence[str] = ("table1",), train_config: Optional[dict] = None) -> dict:
+                  experiments: Sequence[str] = ("table1",), train_config: Optional[dict] = None,
+                  student_recipe: Optional[dict] = None,
+                  select_candidates: Optional[Sequence[Tuple[float, float, dict]]] = None) -> dict:
     """Stage 6: the paper's experiments on this corpus.
 
     * ``table1``: a hard-label baseline with the student's (= a teacher's) architecture vs the distilled student;
@@ -618,6 +669,14 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
     * ``table5``: 3% of the training frames, hard targets vs the ensemble's soft targets (test frame accuracy).
     * ``sweep``: T in {1, 2, 5, 10} x alpha in {0, 0.5, 0.9}, test and dev frame accuracy, and a plot.
     * ``compression``: distilled students with 1, 1/4 and 1/16 of a teacher's parameters, WER against parameters.
+    * ``select`` (runs first): students for each (T, alpha, student recipe) of ``select_candidates`` (default
+      :data:`SELECT_PAIRS` x :data:`SELECT_RECIPES`), plus hard-label controls trained with each non-default recipe;
+      the candidate with the best DEV frame accuracy sets T, alpha and the student recipe of the call's other
+      experiments.  Test frame accuracy is recorded for every row and never used.
+
+    ``student_recipe`` overrides the teachers' training settings for distilled students only (e.g. ``epochs``,
+    ``noise_std``, ``freq_mask``); baselines keep the teachers' settings ("trained like a teacher").  The sweep
+    trains all its rows, alpha = 0 too, with the student recipe.
 
     Under ``torchrun`` every system is trained data-parallel by all ranks; rank 0 alone decodes and writes the
     results (the other ranks run the same sequence of trainings and skip the rest).  The top-k cache mode works
@@ -628,7 +687,25 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
 
     run = DistillRunner(exp, device, jobs, train_config, mean)
     cfg = run.teacher_config
+    recipe = dict(student_recipe or {})
     out: Dict[str, object] = {}
+    if "select" in experiments:
+        candidates = list(select_candidates) if select_candidates is not None else \
+            [(t, a, dict(r)) for r in SELECT_RECIPES for t, a in SELECT_PAIRS]
+        # hard labels + each recipe: how much of a student's gain is the recipe's rather than the teachers'?
+        controls = {_student_dir(1.0, 0.0, r): r for _, _, r in candidates if r}
+        rows = []
+        for t, a, r in candidates + [(1.0, 0.0, r) for r in controls.values()]:
+            m, summ = run.train(_student_dir(t, a, r), cfg, T=t, alpha=a, **r)
+            rows.append({"T": t, "alpha": a, "recipe": r, "candidate": a > 0, "best_epoch": summ["best_epoch"],
+                         "dev_frame_acc": run.frame_acc(m, "dev"), "test_frame_acc": run.frame_acc(m)})
+            log.info("select %s", rows[-1])
+        chosen = max((r for r in rows if r["candidate"]), key=lambda r: r["dev_frame_acc"])
+        T, alpha, recipe = chosen["T"], chosen["alpha"], dict(chosen["recipe"])
+        log.info("chosen on dev: T=%g alpha=%g recipe=%s", T, alpha, recipe or "the teachers'")
+        if run.main:
+            update_experiment(exp.dir, "select", {"rows": rows, "chosen": chosen})
+        out["select"] = {"rows": rows, "chosen": chosen}
     if "table1" in experiments:
         baseline, _ = run.train("baseline", cfg)
         base_row = run.decode("baseline", "baseline", baseline)
@@ -643,14 +720,20 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
                 extra.update(topk=topk, cache_mb=round(path.stat().st_size / 2**20, 2),
                              cache_kept_mass=round(float(cache.meta.get("mean_kept_mass", float("nan"))), 4))
             name = "student" if source == "live" else f"student-top{topk}"
-            student, _ = run.train(name, cfg, T=T, alpha=alpha, cache=cache)
+            # A cached student gets the recipe's schedule but no input perturbation, not even one inherited from
+            # the teachers' recipe (its targets are the clean windows').  With a perturbing recipe the live-vs-cache
+            # difference is then the cache's *and* the perturbation's; the sweep's unperturbed rows separate them.
+            use = recipe if source == "live" else \
+                {**{k: v for k, v in recipe.items() if k == "epochs"}, "noise_std": 0.0, "freq_mask": 0}
+            extra.update({k: v for k, v in use.items() if v})
+            student, _ = run.train(name, cfg, T=T, alpha=alpha, cache=cache, **use)
             row = run.decode(name, "student", student, extra)
             gain = run.ensemble_acc - base_row["frame_acc"]
             recovered = (row["frame_acc"] - base_row["frame_acc"]) / gain if gain > 0 else float("nan")
             table[source] = {"frame_acc": row["frame_acc"], "wer": row["wer"], "recovered_fraction":
                              round(recovered, 3), **extra}
-        if run.main:
-            update_experiment(exp.dir, "table1", table)
+            if run.main:  # after each row: a failure in the next one keeps this one
+                update_experiment(exp.dir, "table1", table)
         out["table1"] = table
     if "table5" in experiments:
         rows = {}
@@ -665,9 +748,9 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
         rows = []
         for a in (0.0, 0.5, 0.9):
             for t in ((1.0,) if a == 0.0 else (1.0, 2.0, 5.0, 10.0)):  # alpha 0 ignores T: one run
-                m, _ = run.train(f"sweep-T{t:g}-a{a:g}", cfg, T=t, alpha=a)
+                m, _ = run.train(_student_dir(t, a, recipe), cfg, T=t, alpha=a, **recipe)
                 rows.append({"T": t, "alpha": a, "test_frame_acc": run.frame_acc(m),
-                             "dev_frame_acc": run.frame_acc(m, "dev")})
+                             "dev_frame_acc": run.frame_acc(m, "dev"), "recipe": recipe})
         if run.main:
             update_experiment(exp.dir, "sweep", rows)
             _plot_sweep(rows, exp / "distill" / "sweep.png")
@@ -679,8 +762,9 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
             h = cfg["hidden_dim"] if frac == 1.0 else hidden_for_params(int(full * frac), cfg)
             scfg = {**cfg, "hidden_dim": h}
             name = f"student-h{h}"
-            m, _ = run.train(name, scfg, T=T, alpha=alpha)
-            row = run.decode(name, "student", m, {"T": T, "alpha": alpha, "param_fraction": round(frac, 4)})
+            m, _ = run.train(name, scfg, T=T, alpha=alpha, **recipe)
+            row = run.decode(name, "student", m, {"T": T, "alpha": alpha, "param_fraction": round(frac, 4),
+                                                  **recipe})
             b, _ = run.train(f"baseline-h{h}", scfg)
             brow = run.decode(f"baseline-h{h}", "baseline", b, {"param_fraction": round(frac, 4)})
             rows.append({"hidden_dim": h, "params": row["params"], "param_fraction": frac,
@@ -702,8 +786,8 @@ def _axes():
     return plt, *plt.subplots(figsize=(5, 3.5))
 
 
-def _save(plt, fig, ax, path: Path) -> None:
-    ax.legend(fontsize=8)
+def _save(plt, fig, ax, path: Path, **legend) -> None:
+    ax.legend(**{"fontsize": 8, **legend})
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -711,18 +795,25 @@ def _save(plt, fig, ax, path: Path) -> None:
 
 
 def _plot_sweep(rows: List[dict], path: Path) -> None:
+    """Test (solid) and dev (dotted) frame accuracy against T per alpha: dev is what choices are made on, and the
+    gap between the two lines shows how much of a difference is noise."""
     plt, fig, ax = _axes()
-    for a in sorted({r["alpha"] for r in rows}):
-        pts = sorted((r["T"], r["test_frame_acc"]) for r in rows if r["alpha"] == a)
+    for i, a in enumerate(sorted({r["alpha"] for r in rows})):
+        pts = sorted((r["T"], r["test_frame_acc"], r["dev_frame_acc"]) for r in rows if r["alpha"] == a)
+        color = f"C{i}"
         if a == 0.0:
-            ax.axhline(pts[0][1], color="gray", ls="--", label="alpha=0 (hard labels only)")
+            ax.axhline(pts[0][1], color="gray", ls="--", label="alpha=0 (hard labels), test")
+            ax.axhline(pts[0][2], color="gray", ls=":", label="alpha=0, dev")
         else:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"alpha={a:g}")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color, label=f"alpha={a:g}, test")
+            ax.plot([p[0] for p in pts], [p[2] for p in pts], "s:", color=color, alpha=0.6, label=f"alpha={a:g}, dev")
     ax.set_xscale("log")
     ax.set_xticks([1, 2, 5, 10], ["1", "2", "5", "10"])
     ax.set_xlabel("temperature T")
-    ax.set_ylabel("test frame accuracy (%)")
-    _save(plt, fig, ax, path)
+    ax.set_ylabel("frame accuracy (%)")
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo - 0.45 * (hi - lo), hi)  # room for the legend below the curves
+    _save(plt, fig, ax, path, fontsize=7, ncol=2, loc="lower center")
 
 
 def _plot_compression(rows: List[dict], path: Path) -> None:

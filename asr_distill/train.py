@@ -54,6 +54,13 @@ class TrainConfig:
     seed: int = 0
     frame_subset: float = 1.0  # fraction of training frames used (the paper's 3% experiment)
     eval_batch_size: int = 8192
+    noise_std: float = 0.0  # input augmentation (asr_distill.augment.WindowAugment); 0 = off
+    freq_mask: int = 0
+
+
+# Fields added after checkpoints existed: left out of a run's recorded config while at their default, so that
+# older checkpoints still resume (their config has no such key).
+_OPTIONAL_FIELDS = {"noise_std": 0.0, "freq_mask": 0}
 
 
 def frame_accuracy(model: nn.Module, frames: FrameSet, batch_size: int = 8192) -> Tuple[float, float]:
@@ -158,6 +165,7 @@ def train_model(model: nn.Module, train: FrameSet, dev: FrameSet, config: TrainC
     """
     from tqdm import tqdm
 
+    from .augment import WindowAugment
     from .distill import DistillStep
 
     out_dir = Path(out_dir)
@@ -181,16 +189,19 @@ def train_model(model: nn.Module, train: FrameSet, dev: FrameSet, config: TrainC
         log.debug("rank %d: %d of its %d batches per epoch are left out to keep the ranks in step",
                   parallel.rank(), local_steps - steps_per_epoch, local_steps)
     lr_at = _lr_lambda(config, steps_per_epoch)
+    augment = WindowAugment(config.noise_std, config.freq_mask)
     # CUDA graphs off under DDP: the per-step all-reduce cannot live inside a captured graph (see DistillStep).
     stepper = DistillStep(model, teachers if alpha > 0 else None, cache=cache if alpha > 0 else None, frames=train,
                           T=T, alpha=alpha, mean=mean, lr=config.lr, weight_decay=config.weight_decay,
                           cuda_graph=cuda_graph and device.type == "cuda" and world == 1,
-                          grad_sync=parallel.average_gradients if world > 1 else None)
+                          grad_sync=parallel.average_gradients if world > 1 else None,
+                          augment=augment if augment.active else None)
     ckpt_path = out_dir / "checkpoint.pt"
     history: List[dict] = []
     best = {"dev_acc": -1.0, "epoch": -1}
     start_epoch = 0
-    run_config = {**asdict(config), "T": T, "alpha": alpha, "mean": mean}
+    run_config = {**{k: v for k, v in asdict(config).items() if _OPTIONAL_FIELDS.get(k, object()) != v},
+                  "T": T, "alpha": alpha, "mean": mean}
     # Rank 0 reads the checkpoint and sends it to the others: one view of "is there one" and of its contents.
     ckpt = None
     if resume and main and ckpt_path.exists():

@@ -183,12 +183,29 @@ def test_kaldi_recipe_stages_0_to_2(kaldi_dirs, tmp_path):
     assert len(_cuts(exp / "data" / "fbank_test.jsonl.gz")) == N_TEST
 
 
-def test_yesno_recipe_smoke(tmp_path):
+def test_yesno_recipe_stages_0_to_6_with_dev_selection(tmp_path):
     make_layouts.yesno(tmp_path / "yesno")
     exp = tmp_path / "exp"
-    proc = _recipe("yesno", "--corpus-dir", tmp_path / "yesno", "--exp-dir", exp, "--stop-stage", 5)
+    # stage 6 with a small dev selection: 2 candidates (one perturbing) + a hard-label control for each recipe
+    distill = "--experiments select,table1 --teacher-source both --select-candidates 2:0.5:2,5:0.9:3:0.3:4"
+    proc = _recipe("yesno", "--corpus-dir", tmp_path / "yesno", "--exp-dir", exp, "--stop-stage", 6,
+                   "--distill-args", distill)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = {r["name"]: r for r in json.loads((exp / "results.json").read_text())["systems"]}
+    results = json.loads((exp / "results.json").read_text())
+    rows = {r["name"]: r for r in results["systems"]}
     # two tones, eight words per file: the GMM must get nearly all of them
     assert rows["gmm-mono"]["wer"] < 5
-    assert {"teacher0", "teacher1", "ensemble-arithmetic"} <= set(rows)
+    assert {"teacher0", "teacher1", "ensemble-arithmetic", "baseline", "student", "student-top16"} <= set(rows)
+    select = results["experiments"]["select"]
+    assert [(r["T"], r["alpha"], r["candidate"]) for r in select["rows"]] == [
+        (2.0, 0.5, True), (5.0, 0.9, True), (1.0, 0.0, False), (1.0, 0.0, False)]
+    assert [r["recipe"] for r in select["rows"][2:]] == [{"epochs": 2}, {"epochs": 3, "noise_std": 0.3, "freq_mask": 4}]
+    chosen = max(select["rows"][:2], key=lambda r: r["dev_frame_acc"])
+    assert select["chosen"] == chosen
+    # the choice carries into table 1: the live student is trained with it, the cached one without perturbation
+    table1 = results["experiments"]["table1"]
+    assert (table1["T"], table1["alpha"]) == (chosen["T"], chosen["alpha"])
+    assert rows["student"]["T"] == chosen["T"] and rows["student-top16"]["teacher_source"] == "cache"
+    assert "noise_std" not in rows["student-top16"]
+    for name in ("sweep-T2-a0.5-e2", "sweep-T5-a0.9-e3-f4-n0.3", "sweep-T1-a0-e3-f4-n0.3", "student"):
+        assert (exp / "distill" / name / "best.pt").is_file(), name

@@ -190,15 +190,21 @@ def _train_config(epochs, batch_size, lr, weight_decay, patience) -> dict:
 @click.option("--hidden-dim", default=512, show_default=True)
 @click.option("--num-layers", default=4, show_default=True)
 @click.option("--dropout", default=0.0, show_default=True)
+@click.option("--noise-std", type=float, default=0.0, show_default=True,
+              help="Gaussian noise on the input windows (asr_distill.augment)")
+@click.option("--freq-mask", type=int, default=0, show_default=True,
+              help="widest frequency mask (feature bins) on the input windows")
 @_train_options()
 @stage_command("teachers", distributed=True)
-def train_teachers(exp, num_teachers, archs, left_context, right_context, hidden_dim, num_layers, dropout, device,
-                   epochs, batch_size, lr, weight_decay, patience):
+def train_teachers(exp, num_teachers, archs, left_context, right_context, hidden_dim, num_layers, dropout,
+                   noise_std, freq_mask, device, epochs, batch_size, lr, weight_decay, patience):
     """Stage 4: K DNN teachers trained with cross-entropy on the GMM alignments (resumable)."""
-    from ..pipeline import stage_teachers
+    from ..pipeline import stage_teachers, student_recipe
 
+    augment = student_recipe(None, noise_std, freq_mask)  # only what is switched on
     return stage_teachers(exp, num_teachers, archs.split(","), left_context, right_context, hidden_dim, num_layers,
-                          dropout, device, _train_config(epochs, batch_size, lr, weight_decay, patience))
+                          dropout, device, {**_train_config(epochs, batch_size, lr, weight_decay, patience),
+                                            **augment})
 
 
 @cli.command()
@@ -221,16 +227,27 @@ def evaluate(exp, jobs, device):
               help="teachers on the fly, top-k soft targets cached on disk, or both (compared)")
 @click.option("--topk", default=16, show_default=True)
 @click.option("--experiments", default="table1", show_default=True,
-              help="comma-separated: table1, table5, sweep, compression")
+              help="comma-separated: select, table1, table5, sweep, compression (select runs first and sets T, "
+                   "alpha and the student recipe of the others, on DEV frame accuracy)")
+@click.option("--student-epochs", type=int, default=None, help="students' epochs [default: the teachers']")
+@click.option("--noise-std", type=float, default=0.0, show_default=True,
+              help="students: Gaussian noise on the input windows, which the live teachers label")
+@click.option("--freq-mask", type=int, default=0, show_default=True,
+              help="students: widest frequency mask (feature bins) on the input windows")
+@click.option("--select-candidates", default=None,
+              help="for --experiments select: comma-separated T:alpha[:epochs[:noise_std[:freq_mask]]] "
+                   "[default: 3 (T, alpha) pairs x 3 recipes]")
 @_train_options(inherit=True)
 @stage_command("distill", distributed=True)
-def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experiments, device, epochs, batch_size,
-            lr, weight_decay, patience):
+def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experiments, student_epochs, noise_std,
+            freq_mask, select_candidates, device, epochs, batch_size, lr, weight_decay, patience):
     """Stage 6: hard-label baseline and distilled student(s); optional paper experiments."""
-    from ..pipeline import stage_distill
+    from ..pipeline import parse_select_candidates, student_recipe, stage_distill
 
     out = stage_distill(exp, device, jobs, temperature, alpha, mean, teacher_source, topk, experiments.split(","),
-                        _train_config(epochs, batch_size, lr, weight_decay, patience))
+                        _train_config(epochs, batch_size, lr, weight_decay, patience),
+                        student_recipe(student_epochs, noise_std, freq_mask),
+                        parse_select_candidates(select_candidates) if select_candidates else None)
     return {"experiments": list(out)}
 
 
