@@ -26,8 +26,8 @@ from .utils import Pathlike, atomic_path, read_json, write_json
 
 __all__ = ["Experiment", "stage_prepare", "stage_features", "stage_lang", "stage_gmm", "stage_teachers",
            "stage_evaluate", "stage_distill", "frame_cache", "load_frames", "Evaluator", "DistillRunner",
-           "ensemble_log_posteriors", "teacher_paths", "training_log_priors", "shard_cache_rows", "student_recipe",
-           "parse_select_candidates", "SELECT_PAIRS", "SELECT_RECIPES"]
+           "ensemble_log_posteriors", "teacher_paths", "training_log_priors", "shard_cache_rows",
+           "recipe_overrides", "parse_select_candidates", "DISTILL_EXPERIMENTS", "SELECT_PAIRS", "SELECT_RECIPES"]
 
 log = logging.getLogger(__name__)
 
@@ -611,6 +611,7 @@ class DistillRunner:
 # Stage 6's ``select`` candidates: (T, alpha) x student recipes.  The recipes: the teachers' own (10 epochs), a
 # longer schedule, and the longer schedule with input perturbation of the windows that the live teachers label
 # (asr_distill.augment).  Chosen on DEV frame accuracy only.
+DISTILL_EXPERIMENTS = ("select", "table1", "table5", "sweep", "compression")
 SELECT_PAIRS = ((2.0, 0.5), (2.0, 0.9), (5.0, 0.5))
 SELECT_RECIPES = ({}, {"epochs": 30}, {"epochs": 30, "noise_std": 0.2, "freq_mask": 8})
 
@@ -622,8 +623,9 @@ def _student_dir(T: float, alpha: float, recipe: Mapping[str, object]) -> str:
     return f"sweep-T{T:g}-a{alpha:g}" + "".join(f"-{short.get(k, k)}{v:g}" for k, v in sorted(recipe.items()))
 
 
-def student_recipe(epochs: Optional[int] = None, noise_std: float = 0.0, freq_mask: int = 0) -> dict:
-    """The students' training overrides, only the ones that differ from the teachers' recipe."""
+def recipe_overrides(epochs: Optional[int] = None, noise_std: float = 0.0, freq_mask: int = 0) -> dict:
+    """Training overrides of a recipe (a student's, or perturbation for the teachers): only what is set, so that
+    everything else stays as inherited."""
     recipe: Dict[str, object] = {}
     if epochs is not None:
         recipe["epochs"] = int(epochs)
@@ -650,7 +652,7 @@ def parse_select_candidates(spec: str) -> List[Tuple[float, float, dict]]:
             raise ValueError(f"select candidate {item!r}: {e}") from None
         if a <= 0:
             raise ValueError(f"select candidate {item!r}: alpha must be > 0 (alpha 0 is the baseline)")
-        out.append((t, a, student_recipe(epochs, noise, mask)))
+        out.append((t, a, recipe_overrides(epochs, noise, mask)))
     if not out:
         raise ValueError(f"no select candidates in {spec!r}")
     return out
@@ -685,6 +687,10 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
     from .models import build_model, count_parameters
     from .results import update_experiment
 
+    unknown = sorted(set(experiments) - set(DISTILL_EXPERIMENTS))
+    if unknown:
+        raise ValueError(f"unknown stage-6 experiment(s) {', '.join(unknown)}: choose from "
+                         f"{', '.join(DISTILL_EXPERIMENTS)}")
     run = DistillRunner(exp, device, jobs, train_config, mean)
     cfg = run.teacher_config
     recipe = dict(student_recipe or {})
@@ -701,6 +707,10 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
                          "dev_frame_acc": run.frame_acc(m, "dev"), "test_frame_acc": run.frame_acc(m)})
             log.info("select %s", rows[-1])
         chosen = max((r for r in rows if r["candidate"]), key=lambda r: r["dev_frame_acc"])
+        # under torchrun only rank 0 scores (the others hold NaN): every rank goes on with rank 0's choice
+        from . import parallel
+
+        chosen = parallel.broadcast_object(chosen)
         T, alpha, recipe = chosen["T"], chosen["alpha"], dict(chosen["recipe"])
         log.info("chosen on dev: T=%g alpha=%g recipe=%s", T, alpha, recipe or "the teachers'")
         if run.main:

@@ -11,7 +11,8 @@ from asr_distill.augment import WindowAugment
 from asr_distill.distill import DistillStep, TopKCache
 from asr_distill.frames import FrameSet
 from asr_distill.models import MLP, build_model
-from asr_distill.pipeline import _student_dir, load_frames, model_config, parse_select_candidates, student_recipe
+from asr_distill.pipeline import (_student_dir, load_frames, model_config, parse_select_candidates,
+                                  recipe_overrides)
 from asr_distill.train import TrainConfig, train_model
 
 
@@ -129,8 +130,8 @@ def test_perturbed_training_resumes_bit_identically_and_learns(exp, tmp_path):
 
 
 def test_student_recipes_and_select_candidates_parse():
-    assert student_recipe() == {}
-    assert student_recipe(30, 0.2, 8) == {"epochs": 30, "noise_std": 0.2, "freq_mask": 8}
+    assert recipe_overrides() == {}
+    assert recipe_overrides(30, 0.2, 8) == {"epochs": 30, "noise_std": 0.2, "freq_mask": 8}
     assert parse_select_candidates("2:0.5, 5:0.9:30:0.2:8,1:0.5:20") == [
         (2.0, 0.5, {}), (5.0, 0.9, {"epochs": 30, "noise_std": 0.2, "freq_mask": 8}), (1.0, 0.5, {"epochs": 20})]
     for bad in ("2", "2:0", "x:0.5", "2:0.5:1:2:3:4", ""):

@@ -71,3 +71,17 @@ def test_prepare_on_a_corrupt_corpus_fails_naming_the_utterance(small_corpus, tm
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "exp" / ".done" / "prepare").is_file()
     assert utt in (tmp_path / "exp" / "data" / "bad_utterances.txt").read_text()
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--experiments", "table1,tabel5"], "tabel5"),
+    (["--experiments", "select", "--select-candidates", "2:0.5,5:0"], "5:0"),
+    (["--experiments", "select", "--select-candidates", "2:x"], "2:x"),
+])
+def test_distill_refuses_unknown_experiments_and_bad_candidates(tmp_path, args, named):
+    """Before any work: a typo in an experiment name or a candidate is named, not silently skipped or crashed on."""
+    cmd = _asr_distill() + ["distill", "--exp-dir", str(tmp_path), *args]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert named in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / ".done" / "distill").exists()

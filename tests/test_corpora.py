@@ -209,3 +209,19 @@ def test_yesno_recipe_stages_0_to_6_with_dev_selection(tmp_path):
     assert "noise_std" not in rows["student-top16"]
     for name in ("sweep-T2-a0.5-e2", "sweep-T5-a0.9-e3-f4-n0.3", "sweep-T1-a0-e3-f4-n0.3", "student"):
         assert (exp / "distill" / name / "best.pt").is_file(), name
+
+    # The same stage 6 data-parallel (2 gloo ranks): only rank 0 scores, so the others must take its choice rather
+    # than their own NaN placeholders (a mismatch would hang or mix configurations).
+    import shutil
+
+    ddp = tmp_path / "exp_ddp"
+    shutil.copytree(exp, ddp, ignore=shutil.ignore_patterns("distill"))  # EXP/distill and .done/distill
+    proc = _recipe("yesno", "--corpus-dir", tmp_path / "yesno", "--exp-dir", ddp, "--stage", 6, "--stop-stage", 6,
+                   "--nproc", 2, "--distill-args", distill.replace("both", "live"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((ddp / "results.json").read_text())
+    select = results["experiments"]["select"]
+    assert all(r["dev_frame_acc"] == r["dev_frame_acc"] for r in select["rows"])  # no NaN reached the file
+    assert select["chosen"] == max(select["rows"][:2], key=lambda r: r["dev_frame_acc"])
+    config = json.loads((ddp / "distill" / "student" / "config.json").read_text())
+    assert config["processes"] == 2 and config["train"]["T"] == select["chosen"]["T"]

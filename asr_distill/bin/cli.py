@@ -199,9 +199,9 @@ def _train_config(epochs, batch_size, lr, weight_decay, patience) -> dict:
 def train_teachers(exp, num_teachers, archs, left_context, right_context, hidden_dim, num_layers, dropout,
                    noise_std, freq_mask, device, epochs, batch_size, lr, weight_decay, patience):
     """Stage 4: K DNN teachers trained with cross-entropy on the GMM alignments (resumable)."""
-    from ..pipeline import stage_teachers, student_recipe
+    from ..pipeline import recipe_overrides, stage_teachers
 
-    augment = student_recipe(None, noise_std, freq_mask)  # only what is switched on
+    augment = recipe_overrides(None, noise_std, freq_mask)  # only what is switched on
     return stage_teachers(exp, num_teachers, archs.split(","), left_context, right_context, hidden_dim, num_layers,
                           dropout, device, {**_train_config(epochs, batch_size, lr, weight_decay, patience),
                                             **augment})
@@ -242,12 +242,20 @@ def evaluate(exp, jobs, device):
 def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experiments, student_epochs, noise_std,
             freq_mask, select_candidates, device, epochs, batch_size, lr, weight_decay, patience):
     """Stage 6: hard-label baseline and distilled student(s); optional paper experiments."""
-    from ..pipeline import parse_select_candidates, student_recipe, stage_distill
+    from ..pipeline import DISTILL_EXPERIMENTS, parse_select_candidates, recipe_overrides, stage_distill
 
-    out = stage_distill(exp, device, jobs, temperature, alpha, mean, teacher_source, topk, experiments.split(","),
+    names = [e.strip() for e in experiments.split(",") if e.strip()]
+    unknown = sorted(set(names) - set(DISTILL_EXPERIMENTS))
+    if unknown:
+        raise click.BadParameter(f"unknown {', '.join(unknown)}; choose from {', '.join(DISTILL_EXPERIMENTS)}",
+                                 param_hint="--experiments")
+    try:
+        candidates = parse_select_candidates(select_candidates) if select_candidates else None
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--select-candidates") from None
+    out = stage_distill(exp, device, jobs, temperature, alpha, mean, teacher_source, topk, names,
                         _train_config(epochs, batch_size, lr, weight_decay, patience),
-                        student_recipe(student_epochs, noise_std, freq_mask),
-                        parse_select_candidates(select_candidates) if select_candidates else None)
+                        recipe_overrides(student_epochs, noise_std, freq_mask), candidates)
     return {"experiments": list(out)}
 
 
