@@ -27,7 +27,8 @@ from .utils import Pathlike, atomic_path, read_json, write_json
 __all__ = ["Experiment", "stage_prepare", "stage_features", "stage_lang", "stage_gmm", "stage_teachers",
            "stage_evaluate", "stage_distill", "frame_cache", "load_frames", "Evaluator", "DistillRunner",
            "ensemble_log_posteriors", "teacher_paths", "training_log_priors", "shard_cache_rows",
-           "recipe_overrides", "parse_select_candidates", "DISTILL_EXPERIMENTS", "SELECT_PAIRS", "SELECT_RECIPES"]
+           "recipe_overrides", "parse_recipe", "parse_select_candidates", "DISTILL_EXPERIMENTS", "SELECT_PAIRS",
+           "SELECT_RECIPES"]
 
 log = logging.getLogger(__name__)
 
@@ -636,6 +637,15 @@ def recipe_overrides(epochs: Optional[int] = None, noise_std: float = 0.0, freq_
     return recipe
 
 
+def parse_recipe(spec: str) -> dict:
+    """``"30:0.2:8"`` (``epochs[:noise_std[:freq_mask]]``, any part may be empty) -> :func:`recipe_overrides`."""
+    parts = spec.split(":") if spec else []
+    if len(parts) > 3:
+        raise ValueError(f"recipe {spec!r}: expected epochs[:noise_std[:freq_mask]]")
+    parts += [""] * (3 - len(parts))
+    return recipe_overrides(int(parts[0]) if parts[0] else None, float(parts[1] or 0), int(parts[2] or 0))
+
+
 def parse_select_candidates(spec: str) -> List[Tuple[float, float, dict]]:
     """``"2:0.5,2:0.9:30:0.2:8"`` -> ``[(2.0, 0.5, {}), (2.0, 0.9, {epochs: 30, noise_std: 0.2, freq_mask: 8})]``."""
     out = []
@@ -644,15 +654,12 @@ def parse_select_candidates(spec: str) -> List[Tuple[float, float, dict]]:
         if not 2 <= len(parts) <= 5:
             raise ValueError(f"select candidate {item!r}: expected T:alpha[:epochs[:noise_std[:freq_mask]]]")
         try:
-            t, a = float(parts[0]), float(parts[1])
-            epochs = int(parts[2]) if len(parts) > 2 and parts[2] else None
-            noise = float(parts[3]) if len(parts) > 3 else 0.0
-            mask = int(parts[4]) if len(parts) > 4 else 0
+            t, a, recipe = float(parts[0]), float(parts[1]), parse_recipe(":".join(parts[2:]))
         except ValueError as e:
             raise ValueError(f"select candidate {item!r}: {e}") from None
         if a <= 0:
             raise ValueError(f"select candidate {item!r}: alpha must be > 0 (alpha 0 is the baseline)")
-        out.append((t, a, recipe_overrides(epochs, noise, mask)))
+        out.append((t, a, recipe))
     if not out:
         raise ValueError(f"no select candidates in {spec!r}")
     return out

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asr_distill.pipeline import DistillRunner, Experiment, recipe_overrides  # noqa: E402
+from asr_distill.pipeline import DistillRunner, Experiment, parse_recipe  # noqa: E402
 from asr_distill.utils import setup_logging, write_json  # noqa: E402
 
 
@@ -37,8 +37,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="decoding processes")
     args = ap.parse_args()
     setup_logging(False)
-    parts = (args.recipe.split(":") + ["", "0", "0"])[:3] if args.recipe else ["", "0", "0"]
-    recipe = recipe_overrides(int(parts[0]) if parts[0] else None, float(parts[1]), int(parts[2]))
+    recipe = parse_recipe(args.recipe)
     exp = Experiment(args.exp_dir)
     run = DistillRunner(exp, args.device, jobs=args.jobs)
     systems = {"baseline": (1.0, 0.0, {}), "control": (1.0, 0.0, recipe), "student": (args.T, args.alpha, recipe)}
