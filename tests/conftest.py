@@ -44,7 +44,7 @@ def pron_strings(words: Sequence[str], lexicon, limit: int = 20000) -> set:
 
 @dataclass
 class BuiltExperiment:
-    exp: "object"  # asr_distill.pipeline.Experiment
+    exp: "object"  # asr_distill.experiment.Experiment
     gmm_row: dict
 
     @property
@@ -55,7 +55,8 @@ class BuiltExperiment:
 @pytest.fixture(scope="session")
 def built(tmp_path_factory) -> BuiltExperiment:
     """Stages 0-3 (manifests, features + CMVN, lang + HCLG, monophone GMM + alignments + GMM decode) on the slice."""
-    from asr_distill.pipeline import Experiment, stage_features, stage_gmm, stage_lang, stage_prepare
+    from asr_distill.experiment import Experiment
+    from asr_distill.recipe import stage_features, stage_gmm, stage_lang, stage_prepare
 
     exp = Experiment(tmp_path_factory.mktemp("exp_slice"))
     stage_prepare(exp, SLICE)
@@ -68,6 +69,20 @@ def built(tmp_path_factory) -> BuiltExperiment:
 @pytest.fixture(scope="session")
 def exp(built):
     return built.exp
+
+
+def load_frames(exp, split: str, left: int, right: int, device="cpu", shard=None):
+    """The split's frames as a resident FrameSet (the shard's utterances only with ``shard=(rank, world)``)."""
+    from asr_distill.nnet.frame_data import load_frame_set
+
+    return load_frame_set(exp.frame_source(split), left, right, device, shard)[0]
+
+
+def pdf_alignments(exp, split: str):
+    """utt -> the pdf-ids stage 3 stored with the split's fbank cuts."""
+    from lhotse import CutSet
+
+    return {c.id: c.load_custom("pdf_ids") for c in CutSet.from_file(exp.labelled_cuts_path(split))}
 
 
 # ----------------------------------------------------------------------------------------------------------------

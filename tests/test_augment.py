@@ -1,4 +1,4 @@
-"""Input perturbation of the training windows (asr_distill.augment) and its use in distillation: live teachers label
+"""Input perturbation of the training windows (asr_distill.nnet.augment) and its use in distillation: live teachers label
 the perturbed window the student sees, a top-k cache refuses it, and resumed training stays bit-identical."""
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from asr_distill.augment import WindowAugment
+from asr_distill.nnet.augment import WindowAugment
 from asr_distill.distill import DistillStep, TopKCache
-from asr_distill.frames import FrameSet
-from asr_distill.models import MLP, build_model
-from asr_distill.pipeline import (_student_dir, load_frames, model_config, parse_select_candidates,
-                                  recipe_overrides)
-from asr_distill.train import TrainConfig, train_model
+from asr_distill.nnet.frames import FrameSet
+from asr_distill.nnet.models import MLP, build_model
+from asr_distill.distill.recipes import parse_select_candidates, recipe_overrides, student_dir as _student_dir
+from asr_distill.recipe import model_config
+from conftest import load_frames
+from asr_distill.nnet.train import TrainConfig, train_model
 
 
 def test_inactive_augment_returns_the_input_itself():

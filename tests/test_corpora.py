@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from asr_distill.corpora import prepare_corpus, read_kaldi_dir, read_librispeech
+from asr_distill.data import prepare_corpus, read_kaldi_dir, read_librispeech
 from asr_distill.data import CorpusError
 from conftest import REPO, SLICE, read_transcription
 
@@ -162,7 +162,7 @@ def test_librispeech_recipe_stages_0_to_3_with_an_oov_word(libri, tmp_path):
     assert (exp / "lang" / "oov_fallback.txt").read_text().split() == ["YESS", "Y", "EH", "S"]
     ids = {c["id"] for s in ("train", "dev") for c in _cuts(exp / "data" / f"cuts_{s}.jsonl.gz")}
     assert uid in ids and len(ids) == N_TRAIN
-    aligned = {c["id"] for s in ("train", "dev") for c in _cuts(exp / "gmm" / f"cuts_{s}_ali.jsonl.gz")}
+    aligned = {c["id"] for s in ("train", "dev") for c in _cuts(exp / "gmm" / f"cuts_{s}.jsonl.gz")}
     assert uid in aligned  # the OOV utterance got frame labels like every other
     rows = json.loads((exp / "results.json").read_text())["systems"]
     assert rows[0]["kind"] == "gmm" and rows[0]["wer"] < 60  # 4 minutes of audio: far from chance, no more

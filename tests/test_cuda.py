@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from asr_distill.augment import WindowAugment
-from asr_distill.distill import (DistillStep, distillation_loss, ensemble_soft_targets,
-                                 fused_ensemble_distillation_loss, triton)
-from asr_distill.frames import FrameSet
-from asr_distill.models import MLP
+from asr_distill.nnet.augment import WindowAugment
+from asr_distill.distill import DistillStep, distillation_loss, ensemble_soft_targets, fused_ensemble_distillation_loss
+from asr_distill.distill.fused import triton
+from asr_distill.nnet.frames import FrameSet
+from asr_distill.nnet.models import MLP
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

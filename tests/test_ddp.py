@@ -1,4 +1,4 @@
-"""Data-parallel training (asr_distill.parallel): 2 gloo processes on the CPU against 1 process.
+"""Data-parallel training (asr_distill.nnet.parallel): 2 gloo processes on the CPU against 1 process.
 
 The ranks are real processes (``multiprocessing`` spawn) that join through the same ``env://`` variables torchrun
 sets, with a 60 s collective timeout and a join deadline, so a broken collective fails the test instead of hanging.
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from asr_distill import parallel
+from asr_distill.nnet import parallel
 from asr_distill.distill import DistillStep
-from asr_distill.models import build_model
+from asr_distill.nnet.models import build_model
 
 WORLD = 2
 DEADLINE_S = 120  # per launch; a healthy one takes a few seconds
@@ -161,7 +161,7 @@ TRAIN = dict(epochs=2, batch_size=256, lr=2e-3, patience=10)
 
 
 def _model(exp):
-    from asr_distill.pipeline import model_config
+    from asr_distill.recipe import model_config
 
     torch.manual_seed(0)
     return build_model(model_config("mlp", exp, LEFT, RIGHT, hidden_dim=64, num_layers=2, dropout=0.0))
@@ -169,8 +169,9 @@ def _model(exp):
 
 def _train_worker(rank: int, world: int, exp_dir: str, out_dir: str, seed: int, report: str,
                   stop_after_epochs=None) -> None:
-    from asr_distill.pipeline import Experiment, load_frames
-    from asr_distill.train import TrainConfig, train_model
+    from asr_distill.experiment import Experiment
+    from asr_distill.nnet.train import TrainConfig, train_model
+    from conftest import load_frames
 
     out = Path(out_dir).resolve()
     written = []
@@ -218,11 +219,9 @@ def test_two_process_training_matches_one_process(exp, tmp_path):
     rank training alone on its half of the data (no gradient exchange) ends at 2.346, half of the optimizer steps
     (a lost epoch, or a global batch doubled) at 2.49-2.52 -- all outside the band by at least 2 w.
     """
-    from asr_distill.pipeline import frame_cache, load_frames
-    from asr_distill.train import TrainConfig, train_model
+    from asr_distill.nnet.train import TrainConfig, train_model
+    from conftest import load_frames
 
-    for split in ("train", "dev"):
-        frame_cache(exp, split)  # built once here, not by both ranks at once
     report = tmp_path / "report"
     report.mkdir()
     ddp_out = tmp_path / "ddp"
@@ -271,10 +270,6 @@ def test_two_process_run_interrupted_and_resumed_ends_where_an_uninterrupted_one
     """Stop a 2-process run after epoch 1 (as a crash after a checkpoint would), relaunch it: rank 0 reads the
     checkpoint and sends it to rank 1, and the run ends with the same weights, bit for bit, as one never stopped
     (per-rank shuffling and dropout seeds depend only on seed, epoch and rank)."""
-    from asr_distill.pipeline import frame_cache
-
-    for split in ("train", "dev"):
-        frame_cache(exp, split)
     reports = {name: tmp_path / f"report_{name}" for name in ("whole", "first", "resumed")}
     for d in reports.values():
         d.mkdir()

@@ -7,22 +7,22 @@ import kaldifst
 import numpy as np
 import pytest
 
-from asr_distill.align import StateInventory, load_alignments
+from asr_distill.gmm import StateInventory
 from asr_distill.decode import (DecodingConfig, add_word_penalty, compute_wer, decode_loglikes,
                                 log_priors_from_alignments, pseudo_loglikes, tune_acoustic_scale, words_of)
 from asr_distill.lang import Lang, Lexicon
 from asr_distill.utils import read_json
-from conftest import pron_strings
+from conftest import pdf_alignments, pron_strings
 
 
 @pytest.fixture(scope="module")
 def setup(exp):
-    inv = StateInventory.load(exp / "gmm" / "inventory")
-    lang = Lang.load(exp / "lang")
-    train_pdfs = [inv.tids_to_pdfs(a) for a in load_alignments(exp / "gmm" / "ali_train.npz").values()]
+    inv = StateInventory.load(exp.inventory_dir)
+    lang = Lang.load(exp.lang_dir)
+    train_pdfs = list(pdf_alignments(exp, "train").values())
     log_priors = log_priors_from_alignments(train_pdfs, inv.num_pdfs)
     return dict(inv=inv, lang=lang, id2word=lang.id2word(), log_priors=log_priors, train_pdfs=train_pdfs,
-                hclg=exp / "gmm" / "graph" / "HCLG.fst")
+                hclg=exp.hclg_path)
 
 
 def _oracle_loglikes(exp, split, inv, log_priors):
@@ -30,8 +30,7 @@ def _oracle_loglikes(exp, split, inv, log_priors):
     when unsure, guesses from the class frequencies), turned into pseudo log-likelihoods."""
     out = {}
     prior = np.exp(log_priors.astype(np.float64))
-    for u, ali in load_alignments(exp / "gmm" / f"ali_{split}.npz").items():
-        pdfs = inv.tids_to_pdfs(ali)
+    for u, pdfs in pdf_alignments(exp, split).items():
         post = np.tile(0.1 * prior, (len(pdfs), 1))
         post[np.arange(len(pdfs)), pdfs] += 0.9
         np.testing.assert_allclose(post.sum(1), 1.0, atol=1e-6)
@@ -84,12 +83,12 @@ def test_one_utterance_decodes_exactly(exp, setup):
 def test_gmm_decode_is_reproducible_and_parallel_safe(exp, setup):
     """Re-decoding the GMM's test likelihoods with the stage's (dev-tuned) setting reproduces its hyp.txt and
     wer.json, with 1 and with 2 decoding processes."""
-    from asr_distill.align import GmmModel
-    from asr_distill.pipeline import _gmm_feats
+    from asr_distill.gmm import GmmModel
+    from asr_distill.recipe import gmm_features as _gmm_feats
 
-    wer_json = read_json(exp / "gmm" / "decode_test" / "wer.json")
+    wer_json = read_json(exp.decode_dir("gmm-mono") / "wer.json")
     cfg = DecodingConfig(acoustic_scale=wer_json["acoustic_scale"], word_penalty=wer_json["word_penalty"], beam=13.0)
-    gmm = GmmModel.load(exp / "gmm" / "final_gmm.npz")
+    gmm = GmmModel.load(exp.gmm_model_path)
     ll = {u: gmm.loglikes(f) for u, f in _gmm_feats(exp, "test").items()}
     assert len(ll) >= 8  # below 8 utterances decode_loglikes stays in-process
     h1 = decode_loglikes(setup["hclg"], setup["inv"].tid2pdf, ll, cfg, jobs=1)
@@ -97,14 +96,14 @@ def test_gmm_decode_is_reproducible_and_parallel_safe(exp, setup):
     assert h1 == h2
     words = {u: words_of(h, setup["id2word"]) for u, h in h1.items()}
     stored = {}
-    for line in (exp / "gmm" / "decode_test" / "hyp.txt").read_text().splitlines():
+    for line in (exp.decode_dir("gmm-mono") / "hyp_test.txt").read_text().splitlines():
         u, *ws = line.split()
         stored[u] = ws
     assert words == stored
     res = compute_wer({u: t.split() for u, t in exp.texts("test").items()}, words)
     for key in ("errors", "ref_words", "ins", "dels", "subs", "sentence_errors", "num_sentences"):
-        assert getattr(res, key) == wer_json[key], key
-    assert res.wer == pytest.approx(wer_json["wer"], abs=1e-3)
+        assert getattr(res, key) == wer_json["test"][key], key
+    assert res.wer == pytest.approx(wer_json["test"]["wer"], abs=1e-3)
 
 
 def test_tune_acoustic_scale_picks_the_dev_minimum(exp, setup):

@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from asr_distill.distill import (DistillStep, StackedTeachers, TopKCache, compute_topk_soft_targets,
-                                 distill_flops_per_frame, distillation_loss, ensemble_soft_targets,
-                                 load_topk_cache, save_topk_cache)
-from asr_distill.frames import FrameSet
-from asr_distill.models import MLP, TDNN
+                                 distill_flops_per_frame, distillation_loss, ensemble_soft_targets, write_topk_cuts)
+from asr_distill.nnet.frames import FrameSet
+from asr_distill.nnet.models import MLP, TDNN
 
 
 def _softmax_rows(z):
@@ -149,7 +148,7 @@ def _frameset(num_utts=6, feat=4, pdfs=11, left=2, right=2, seed=0):
     return FrameSet.from_arrays(feats, labels, [f"u{i}" for i in range(num_utts)], left, right)
 
 
-def test_topk_cache_compute_save_load_round_trip(tmp_path):
+def test_topk_cache_computes_the_ensembles_top_k():
     frames = _frameset()
     teachers = _teachers()
     cache = compute_topk_soft_targets(teachers, frames, T=2.0, k=4, batch_size=37)
@@ -163,21 +162,51 @@ def test_topk_cache_compute_save_load_round_trip(tmp_path):
     torch.testing.assert_close(cache.values.float(), v, rtol=1e-3, atol=1e-4)
     assert torch.equal(cache.indices.long(), i)
     assert 0 < cache.meta["mean_kept_mass"] <= 1.0 + 1e-3
-    path = tmp_path / "sub" / "topk.pt"
-    size = save_topk_cache(path, cache.values, cache.indices, cache.meta)
-    assert size == path.stat().st_size and size > cache.values.numel() * 4
-    assert [p.name for p in path.parent.iterdir()] == ["topk.pt"]  # no temp files left behind
-    loaded = load_topk_cache(path)
-    assert torch.equal(loaded.values, cache.values) and torch.equal(loaded.indices, cache.indices)
-    assert loaded.values.dtype == torch.float16 and loaded.indices.dtype == torch.int16
-    assert loaded.meta == cache.meta and loaded.meta["T"] == 2.0 and loaded.meta["k"] == 4
-    with pytest.raises(TypeError):
-        save_topk_cache(path, cache.values, cache.indices, {"bad": object()})
-    assert load_topk_cache(path).meta == cache.meta  # the failed save left the old file intact
+    assert cache.meta["T"] == 2.0 and cache.meta["k"] == 4
+
+
+def test_topk_targets_stored_with_the_cuts_round_trip(exp, tmp_path):
+    """The top-k targets written as fields of the cuts (one utterance at a time) read back, resident and
+    streamed, exactly as computed over the whole resident set; any Lhotse reader sees the fields."""
+    from lhotse import CutSet
+
+    from asr_distill.data.arrays import read_arrays_meta
+    from asr_distill.nnet.frame_data import FrameSource, load_frame_set
+    from asr_distill.nnet.stream import FrameStream
+    from conftest import load_frames
+
+    frames = load_frames(exp, "dev", 1, 1)
+    torch.manual_seed(0)
+    teachers = [MLP(40, 3, exp.num_pdfs(), 16, 1).eval() for _ in range(2)]
+    cache = compute_topk_soft_targets(teachers, frames, T=2.0, k=4)
+    manifest = tmp_path / "topk" / "cuts.jsonl.gz"
+    meta = write_topk_cuts(teachers, frames, exp.frame_source("dev").cuts(), 2.0, 4, tmp_path / "topk" / "arrays",
+                           manifest, progress=False)
+    assert meta["k"] == 4 and meta["T"] == 2.0 and meta["num_frames"] == frames.num_frames
+    assert meta["mean_kept_mass"] == pytest.approx(cache.meta["mean_kept_mass"], rel=1e-4)
+    assert sorted(p.name for p in manifest.parent.iterdir()) == ["arrays", "cuts.json", "cuts.jsonl.gz"]
+    source = FrameSource(manifest, exp.cmvn("fbank"), topk=True, topk_meta=read_arrays_meta(manifest))
+    back, topk = load_frame_set(source, 1, 1)
+    assert back.utt_ids == frames.utt_ids and torch.equal(back.labels, frames.labels)
+    assert torch.equal(topk[0], cache.values) and torch.equal(topk[1], cache.indices)
+    assert topk[0].dtype == torch.float16 and topk[1].dtype == torch.int16
+    # streamed: every frame's (window, label, targets) as the resident set has them
+    stream = FrameStream(source, 1, 1, chunk_frames=300)
+    rows = {}
+    for b in stream.train_batches(128, torch.Generator().manual_seed(0)):
+        for x, y, v, i in zip(b["x"], b["y"], *b["topk"]):
+            rows[(x.numpy().tobytes(), int(y))] = (v, i)
+    assert len(rows) <= frames.num_frames
+    xs, ys = frames.batch(torch.arange(frames.num_frames))
+    for n in range(0, frames.num_frames, 97):
+        v, i = rows[(xs[n].numpy().tobytes(), int(ys[n]))]
+        assert torch.equal(v, cache.values[n]) and torch.equal(i, cache.indices[n])
+    cut = next(iter(CutSet.from_file(manifest)))
+    assert cut.load_topk_values().shape == (cut.num_frames, 4) and cut.has_custom("pdf_ids")
 
 
 def test_large_pdf_sets_use_int32_indices():
-    from asr_distill.distill import _index_dtype
+    from asr_distill.distill.topk import _index_dtype
     assert _index_dtype(14000) == torch.int16 and _index_dtype(40000) == torch.int32
 
 

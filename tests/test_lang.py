@@ -215,7 +215,7 @@ def test_experiment_topology_and_pdf_count(exp):
     topo = khg.HmmTopology()
     topo.read(lang.topo_text)
     assert sorted(topo.phones) == sorted(lang.silence_phones + lang.nonsilence_phones)
-    from asr_distill.align import StateInventory
+    from asr_distill.gmm import StateInventory
 
     inv = StateInventory.monophone(lang)
     assert inv.num_pdfs == 3 * len(lang.nonsilence_phones) + 5 * len(lang.silence_phones)
@@ -285,7 +285,7 @@ def _hclg_path_for(hclg_olabel_sorted, word_ids):
 
 @pytest.mark.parametrize("graph", ["lang/graph/HCLG.fst", "gmm/graph/HCLG.fst"])
 def test_hclg_reads_back_sorted_and_accepts_training_sentences(exp, graph):
-    from asr_distill.align import StateInventory
+    from asr_distill.gmm import StateInventory
 
     lang = Lang.load(exp / "lang")
     hclg = kaldifst.StdVectorFst.read(str(exp / graph))

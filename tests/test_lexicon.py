@@ -1,10 +1,10 @@
-"""OOV-proof lexicons: corpus dictionary, then CMUdict, then grapheme rules (asr_distill.lexicon)."""
+"""OOV-proof lexicons: corpus dictionary, then CMUdict, then grapheme rules (asr_distill.lang.lexicon)."""
 from __future__ import annotations
 
 import pytest
 
 from asr_distill.lang import LexiconError
-from asr_distill.lexicon import build_lexicon, grapheme_pronunciation, load_cmudict
+from asr_distill.lang import build_lexicon, grapheme_pronunciation, load_cmudict
 from conftest import SLICE
 
 

@@ -1,4 +1,4 @@
-"""Frame-level training (asr_distill.train), spliced frames, models, and the ensemble means, on the slice's real
+"""Frame-level training (asr_distill.nnet.train), spliced frames, models, and the ensemble means, on the slice's real
 frames and GMM alignment labels."""
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from asr_distill.frames import FrameSet, splice_utterance
-from asr_distill.models import MLP, TDNN, build_model, count_parameters
-from asr_distill.pipeline import ensemble_log_posteriors, load_frames, model_config
-from asr_distill.train import TrainConfig, frame_accuracy, load_model, log_posteriors, save_model, train_model
+from asr_distill.nnet.frames import FrameSet, splice_utterance
+from asr_distill.nnet.models import MLP, TDNN, build_model, count_parameters
+from asr_distill.nnet import ensemble_log_posteriors
+from asr_distill.recipe import model_config
+from conftest import load_frames, pdf_alignments
+from asr_distill.nnet import TrainConfig, frame_accuracy, load_model, log_posteriors, save_model, train_model
 
 LEFT = RIGHT = 3
 
@@ -32,15 +34,12 @@ def _train(exp, frames, out_dir, **kw):
 
 
 def test_frames_match_the_alignments(exp, frames):
-    from asr_distill.align import StateInventory, load_alignments
-
-    inv = StateInventory.load(exp / "gmm" / "inventory")
     for s, fs in frames.items():
-        alis = load_alignments(exp / "gmm" / f"ali_{s}.npz")
+        alis = pdf_alignments(exp, s)
         assert fs.utt_ids == list(alis)
         assert fs.num_frames == sum(len(a) for a in alis.values())
         assert fs.feats.shape == (fs.num_frames, 40) and fs.context == LEFT + 1 + RIGHT
-        expected = np.concatenate([inv.tids_to_pdfs(a) for a in alis.values()])
+        expected = np.concatenate(list(alis.values()))
         np.testing.assert_array_equal(fs.labels.numpy(), expected)
 
 

@@ -39,10 +39,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from asr_distill import distill as D  # noqa: E402
-from asr_distill.distill import DistillStep, StackedTeachers, distill_flops_per_frame, distillation_loss  # noqa: E402
-from asr_distill.frames import FrameSet  # noqa: E402
-from asr_distill.models import MLP  # noqa: E402
+from asr_distill.distill import loss as D  # noqa: E402  (the loss module: also its private _targets_and_loss)
+from asr_distill.distill import (DistillStep, StackedTeachers, compute_topk_soft_targets,  # noqa: E402
+                                 distill_flops_per_frame, distillation_loss)
+from asr_distill.nnet.frames import FrameSet  # noqa: E402
+from asr_distill.nnet.models import MLP  # noqa: E402
 
 SCALES: Dict[str, Dict[str, Any]] = {
     "paper": dict(K=10, hidden=2560, layers=8, context=26, feat=40, pdfs=14000, batches=[8192, 16384],
@@ -383,7 +384,7 @@ def run_scale(name: str, sc: Dict[str, Any], args: argparse.Namespace, device: t
                         if frames is None:
                             raise ValueError("the cached mode needs the data path (frame indices)")
                         t0 = time.perf_counter()
-                        cache = D.compute_topk_soft_targets(stack, frames, args.T, args.topk, batch_size=8192)
+                        cache = compute_topk_soft_targets(stack, frames, args.T, args.topk, batch_size=8192)
                         rec.update(cache_s=time.perf_counter() - t0, cache_k=cache.meta["k"],
                                    cache_kept_mass=cache.meta["mean_kept_mass"], teacher_path="cache",
                                    flops_per_frame=distill_flops_per_frame(student0, []))

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from asr_distill.transcribe import AcousticModel, HclgDecoder, load_audio  # noqa: E402
+from asr_distill.deploy.transcribe import AcousticModel, Transcriber, load_audio  # noqa: E402
 
 
 def _time(fn, items, repeats):
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     files = files[:a.max_files]
     waves = [load_audio(f) for f in files]
     seconds = sum(len(w) for w in waves) / 16000.0
-    decoder = HclgDecoder(model_dir, card["decoding"])
+    decoder = Transcriber(model_dir).decoder  # the deployed decoder, with the card's settings
     rows = []
     engines = [("onnx-fp32", dict(backend="onnx")), ("onnx-int8", dict(backend="onnx", use_int8=True)),
                ("torchscript", dict(backend="torchscript"))]
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
         model = AcousticModel(model_dir, num_threads=1, **kw)
         net_s = _time(model, waves, a.repeats)
         loglikes = [model(w) for w in waves]
-        dec_s = _time(decoder.words, loglikes, a.repeats)
+        dec_s = _time(decoder.decode, loglikes, a.repeats)
         fname = {"onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx", "torchscript": "model.pt"}[name]
         rows.append({"engine": name, "file": fname, "size_mb": round(os.path.getsize(model_dir / fname) / 2**20, 3),
                      "network_rtf": round(net_s / seconds, 5), "decode_rtf": round(dec_s / seconds, 5),

@@ -20,7 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asr_distill.pipeline import DistillRunner, Experiment, parse_recipe  # noqa: E402
+from asr_distill.distill.recipes import parse_recipe  # noqa: E402
+from asr_distill.distill.runner import DistillRunner  # noqa: E402
+from asr_distill.experiment import Experiment  # noqa: E402
 from asr_distill.utils import setup_logging, write_json  # noqa: E402
 
 

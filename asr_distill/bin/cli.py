@@ -9,6 +9,7 @@ redoes them); an interrupted stage has no marker and is redone from its start.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import sys
@@ -16,6 +17,18 @@ import time
 
 import click
 
+from ..data import CORPORA, CorpusError
+from ..deploy.export import export_model
+from ..deploy.measure import measure_model_dir
+from ..deploy.transcribe import main as transcribe_main
+from ..distill.recipes import parse_select_candidates, recipe_overrides
+from ..experiment import Experiment
+from ..lang import LexiconError
+from ..nnet import parallel
+from ..nnet.stream import FRAME_MODES
+from ..recipe import (DISTILL_EXPERIMENTS, stage_distill, stage_evaluate, stage_features, stage_gmm, stage_lang,
+                      stage_prepare, stage_teachers)
+from ..results import format_table, load_results
 from ..utils import setup_logging
 
 log = logging.getLogger("asr_distill")
@@ -37,13 +50,11 @@ def stage_command(stage: str, distributed: bool = False):
 
     def deco(fn):
         @click.option("--exp-dir", required=True, type=click.Path(file_okay=False), help="experiment directory")
-        @click.option("--corpus", default="an4", show_default=True, help="corpus kind: an4, librispeech, kaldi or yesno (stage 0's reader; the name in results.json)")
+        @click.option("--corpus", type=click.Choice(CORPORA), default="an4", show_default=True,
+                      help="corpus kind (stage 0's reader; the name in results.json)")
         @click.option("--force", is_flag=True, help="redo the stage even if it finished before")
         @functools.wraps(fn)
         def wrapper(exp_dir, corpus, force, **kwargs):
-            from .. import parallel
-            from ..pipeline import Experiment
-
             if distributed and parallel.init_distributed(kwargs.get("device", "cpu")) and not parallel.is_main():
                 logging.getLogger("asr_distill").setLevel(logging.WARNING)  # one log, rank 0's
             try:
@@ -86,9 +97,6 @@ def stage_command(stage: str, distributed: bool = False):
 def prepare(exp, corpus_dir, train_dir, dev_dir, test_dir, skip_bad, dev_fraction, dev_speakers, test_speakers,
             parts, download):
     """Stage 0: validate the corpus, write Lhotse manifests (train / dev / test)."""
-    from ..data import CorpusError
-    from ..pipeline import stage_prepare
-
     if exp.corpus in ("an4", "librispeech", "yesno") and not corpus_dir:
         raise click.UsageError(f"--corpus-dir is required for --corpus {exp.corpus}")
     if corpus_dir and not download and not os.path.isdir(corpus_dir):
@@ -113,8 +121,6 @@ def prepare(exp, corpus_dir, train_dir, dev_dir, test_dir, skip_bad, dev_fractio
 @stage_command("features")
 def features(exp, cmvn):
     """Stage 1: fbank (40 bins) and MFCC features, Lilcom-compressed, and CMVN statistics."""
-    from ..pipeline import stage_features
-
     stage_features(exp, cmvn)
 
 
@@ -129,9 +135,6 @@ def features(exp, cmvn):
 @stage_command("lang")
 def lang(exp, lexicon, cmudict, oov_fallback, sil_prob):
     """Stage 2: lexicon, topology, L, bigram G (training transcripts only), HCLG."""
-    from ..lang import LexiconError
-    from ..pipeline import stage_lang
-
     try:
         stage_lang(exp, lexicon, sil_prob, use_cmudict=cmudict, oov_fallback=oov_fallback)
     except LexiconError as e:
@@ -145,11 +148,14 @@ def lang(exp, lexicon, cmudict, oov_fallback, sil_prob):
 @stage_command("gmm")
 def gmm(exp, num_iters, total_gauss, jobs):
     """Stage 3: monophone GMM-HMM, alignments of train/dev/test, GMM decode (acoustic scale tuned on dev)."""
-    from ..pipeline import stage_gmm
+    # a forced redo (the stage finished before) retrains; an interrupted run reuses a finished training
+    return stage_gmm(exp, num_iters=num_iters, total_gauss=total_gauss, jobs=jobs, reuse_trained=not exp.done("gmm"))
 
-    if exp.done("gmm"):  # a forced redo retrains rather than reusing the trained model
-        (exp / "gmm" / "final_gmm.npz").unlink(missing_ok=True)
-    return stage_gmm(exp, num_iters=num_iters, total_gauss=total_gauss, jobs=jobs)
+
+_frames_option = click.option(
+    "--frames", type=click.Choice(FRAME_MODES), default="auto", show_default=True,
+    help="frame data path: resident (the split on the device), stream (read chunk by chunk: memory does not grow "
+         "with the corpus), auto (resident when it fits in a quarter of the device's memory)")
 
 
 def _train_options(inherit: bool = False):
@@ -167,6 +173,7 @@ def _train_options(inherit: bool = False):
             click.option("--patience", type=int, default=d(4), show_default=not inherit,
                          help="epochs without dev improvement"),
             click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
+            _frames_option,
         ]):
             fn = opt(fn)
         return fn
@@ -197,25 +204,22 @@ def _train_config(epochs, batch_size, lr, weight_decay, patience) -> dict:
 @_train_options()
 @stage_command("teachers", distributed=True)
 def train_teachers(exp, num_teachers, archs, left_context, right_context, hidden_dim, num_layers, dropout,
-                   noise_std, freq_mask, device, epochs, batch_size, lr, weight_decay, patience):
+                   noise_std, freq_mask, device, frames, epochs, batch_size, lr, weight_decay, patience):
     """Stage 4: K DNN teachers trained with cross-entropy on the GMM alignments (resumable)."""
-    from ..pipeline import recipe_overrides, stage_teachers
-
     augment = recipe_overrides(None, noise_std, freq_mask)  # only what is switched on
     return stage_teachers(exp, num_teachers, archs.split(","), left_context, right_context, hidden_dim, num_layers,
                           dropout, device, {**_train_config(epochs, batch_size, lr, weight_decay, patience),
-                                            **augment})
+                                            **augment}, frames=frames)
 
 
 @cli.command()
 @click.option("--jobs", default=2, show_default=True, help="decoding processes")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@_frames_option
 @stage_command("evaluate")
-def evaluate(exp, jobs, device):
+def evaluate(exp, jobs, device, frames):
     """Stage 5: decode and score each teacher and the ensemble (arithmetic and geometric means)."""
-    from ..pipeline import stage_evaluate
-
-    return stage_evaluate(exp, jobs, device)
+    return stage_evaluate(exp, jobs, device, frames=frames)
 
 
 @cli.command()
@@ -240,10 +244,8 @@ def evaluate(exp, jobs, device):
 @_train_options(inherit=True)
 @stage_command("distill", distributed=True)
 def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experiments, student_epochs, noise_std,
-            freq_mask, select_candidates, device, epochs, batch_size, lr, weight_decay, patience):
+            freq_mask, select_candidates, device, frames, epochs, batch_size, lr, weight_decay, patience):
     """Stage 6: hard-label baseline and distilled student(s); optional paper experiments."""
-    from ..pipeline import DISTILL_EXPERIMENTS, parse_select_candidates, recipe_overrides, stage_distill
-
     names = [e.strip() for e in experiments.split(",") if e.strip()]
     unknown = sorted(set(names) - set(DISTILL_EXPERIMENTS))
     if unknown:
@@ -255,7 +257,7 @@ def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experimen
         raise click.BadParameter(str(e), param_hint="--select-candidates") from None
     out = stage_distill(exp, device, jobs, temperature, alpha, mean, teacher_source, topk, names,
                         _train_config(epochs, batch_size, lr, weight_decay, patience),
-                        recipe_overrides(student_epochs, noise_std, freq_mask), candidates)
+                        recipe_overrides(student_epochs, noise_std, freq_mask), candidates, frames=frames)
     return {"experiments": list(out)}
 
 
@@ -263,8 +265,6 @@ def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experimen
 @click.option("--exp-dir", required=True, type=click.Path(exists=True, file_okay=False))
 def results(exp_dir):
     """Print EXP/results.json as a table."""
-    from ..results import format_table, load_results
-
     click.echo(format_table(load_results(exp_dir)))
 
 
@@ -283,12 +283,8 @@ def results(exp_dir):
               help="decode the experiment's dev and test sets with the exported model; WERs go into the model card")
 def export(exp_dir, system, out_dir, cmvn, no_int8, left_context, right_context, measure):
     """Export a system as a self-contained model directory (TorchScript + ONNX + int8 ONNX, HCLG, model card)."""
-    import json
-
-    from ..export import export_model, measure_model_dir, system_checkpoint
-
     try:
-        ckpt = system_checkpoint(exp_dir, system)
+        ckpt = Experiment(exp_dir).system_checkpoint(system)
     except FileNotFoundError as e:
         raise click.ClickException(str(e))
     try:
@@ -310,8 +306,6 @@ def export(exp_dir, system, out_dir, cmvn, no_int8, left_context, right_context,
 @click.argument("audio", nargs=-1, required=True)
 def transcribe(model_dir, int8, backend, num_threads, audio):
     """Print 'utt-id<TAB>words' for each AUDIO file (any rate; wav/flac/sph); exit 1 if any file failed."""
-    from ..transcribe import main as transcribe_main
-
     args = ["--model-dir", model_dir, "--backend", backend, "--num-threads", str(num_threads)]
     sys.exit(transcribe_main(args + (["--int8"] if int8 else []) + ["--"] + list(audio)))
 

@@ -1,9 +1,11 @@
 """Transcribe audio files with an exported model directory (``asr_distill.export``), without the training code.
 
 Only numpy, soundfile, onnxruntime (or torch for the TorchScript module), kaldi_decoder, kaldifst and the standard
-library are imported: this module runs wherever those wheels install, with a model directory copied anywhere.
+library are imported (and, of this package, only the light :mod:`asr_distill.fst` and
+:mod:`asr_distill.deploy.decoder`): this module runs wherever those wheels install, with a model directory copied
+anywhere.
 
-    python -m asr_distill.transcribe --model-dir DIR [--int8] [--backend onnx|torchscript] AUDIO...
+    python -m asr_distill.deploy.transcribe --model-dir DIR [--int8] [--backend onnx|torchscript] AUDIO...
     asr-distill transcribe --model-dir DIR [--int8] AUDIO...
 
 prints ``utt-id<TAB>words`` per file (utt-id = the file's stem).  A file that cannot be read or decoded is reported
@@ -22,8 +24,13 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
+import onnxruntime as ort
+import soundfile as sf
 
-__all__ = ["load_audio", "resample", "AcousticModel", "HclgDecoder", "Transcriber", "transcribe", "main"]
+from ..fst import invert_symbols, read_symbols, read_tid2pdf
+from .decoder import HclgDecoder, words_of
+
+__all__ = ["load_audio", "resample", "AcousticModel", "Transcriber", "transcribe", "main"]
 
 SAMPLE_RATE = 16000
 
@@ -55,8 +62,6 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE, zero_crossing
 
 def load_audio(path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """float32 mono in [-1, 1] at ``sample_rate`` (as Lhotse/soundfile read it for training)."""
-    import soundfile as sf
-
     if not Path(path).is_file():
         raise FileNotFoundError("no such file")
     audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
@@ -79,8 +84,6 @@ class AcousticModel:
         model_dir = Path(model_dir)
         self.backend = backend
         if backend == "onnx":
-            import onnxruntime as ort
-
             path = model_dir / ("model.int8.onnx" if use_int8 else "model.onnx")
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = num_threads
@@ -108,89 +111,6 @@ class AcousticModel:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Decoder: pseudo log-likelihoods -> words over HCLG (as asr_distill.decode.KaldiDecoderBackend)
-
-def read_symbols(path) -> Dict[int, str]:
-    out = {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            s, i = line.split()
-            out[int(i)] = s
-    return out
-
-
-def read_tid2pdf(path) -> np.ndarray:
-    """``tid2pdf[t]`` = pdf of transition-id ``t``; index 0 (no transition-id) maps to pdf 0."""
-    pairs = [tuple(int(v) for v in line.split()) for line in Path(path).read_text().splitlines() if line.strip()]
-    table = np.zeros(max(t for t, _ in pairs) + 1, dtype=np.int64)
-    for t, p in pairs:
-        table[t] = p
-    return table
-
-
-def add_word_penalty(fst, penalty: float):
-    """Copy of ``fst`` with ``penalty`` added to the weight of every arc that outputs a word.
-
-    Deliberately a copy of :func:`asr_distill.decode.add_word_penalty` (and of the decoder call below): this module
-    must import none of the training code; tests/test_export.py checks both paths give the same words."""
-    import kaldifst
-
-    out = kaldifst.StdVectorFst()
-    for _ in range(fst.num_states):
-        out.add_state()
-    out.start = fst.start
-    for s in range(fst.num_states):
-        out.set_final(s, fst.final(s))
-        it = kaldifst.ArcIterator(fst, s)
-        while not it.done:
-            a = it.value
-            w = kaldifst.TropicalWeight(a.weight.value + penalty) if a.olabel else a.weight
-            out.add_arc(s, kaldifst.StdArc(a.ilabel, a.olabel, w, a.nextstate))
-            it.next()
-    return out
-
-
-class HclgDecoder:
-    """kaldi-decoder's FasterDecoder over HCLG with the model card's acoustic scale, word penalty and beams."""
-
-    SKIP = ("<eps>", "<s>", "</s>", "#0")
-
-    def __init__(self, model_dir, decoding: dict):
-        import kaldi_decoder
-        import kaldifst
-
-        model_dir = Path(model_dir)
-        self.scale = float(decoding["acoustic_scale"])
-        self.hclg = kaldifst.StdVectorFst.read(str(model_dir / "HCLG.fst"))
-        penalty = float(decoding.get("word_penalty", 0.0))
-        if penalty:
-            self.hclg = add_word_penalty(self.hclg, penalty)
-        opts = kaldi_decoder.FasterDecoderOptions(beam=float(decoding.get("beam", 13.0)),
-                                                  max_active=int(decoding.get("max_active", 7000)),
-                                                  min_active=int(decoding.get("min_active", 200)))
-        self.decoder = kaldi_decoder.FasterDecoder(self.hclg, opts)
-        self.tid2pdf = read_tid2pdf(model_dir / "tid2pdf.txt")
-        self.id2word = read_symbols(model_dir / "words.txt")
-
-    def word_ids(self, loglikes: np.ndarray) -> List[int]:
-        import kaldi_decoder
-        import kaldifst
-
-        # DecodableCtc returns M[frame, tid - 1]: column j holds transition-id j + 1.
-        scores = loglikes[:, self.tid2pdf[1:]] * self.scale
-        decodable = kaldi_decoder.DecodableCtc(np.ascontiguousarray(scores, dtype=np.float32))
-        self.decoder.decode(decodable)
-        ok, best = self.decoder.get_best_path()
-        if not ok:
-            return []
-        ok, _, words, _ = kaldifst.get_linear_symbol_sequence(best)
-        return list(words) if ok else []
-
-    def words(self, loglikes: np.ndarray) -> List[str]:
-        return [self.id2word[i] for i in self.word_ids(loglikes) if self.id2word.get(i, "<eps>") not in self.SKIP]
-
-
-# ------------------------------------------------------------------------------------------------------------------
 
 class Transcriber:
     def __init__(self, model_dir, use_int8: bool = False, backend: str = "onnx", num_threads: int = 1):
@@ -202,13 +122,15 @@ class Transcriber:
         self.card = json.loads(card_path.read_text())
         self.sample_rate = int(self.card.get("input", {}).get("sample_rate", SAMPLE_RATE))
         self.model = AcousticModel(self.model_dir, use_int8, backend, num_threads)
-        self.decoder = HclgDecoder(self.model_dir, self.card["decoding"])
+        tid2pdf = read_tid2pdf(self.model_dir / "tid2pdf.txt")
+        self.decoder = HclgDecoder.from_settings(self.model_dir / "HCLG.fst", tid2pdf, self.card["decoding"])
+        self.id2word = invert_symbols(read_symbols(self.model_dir / "words.txt"))
 
     def loglikes(self, path) -> np.ndarray:
         return self.model(load_audio(path, self.sample_rate))
 
     def __call__(self, path) -> List[str]:
-        return self.decoder.words(self.loglikes(path))
+        return words_of(self.decoder.decode(self.loglikes(path)), self.id2word)
 
 
 def transcribe(model_dir, audio_paths: Sequence, use_int8: bool = False, backend: str = "onnx",

@@ -24,7 +24,7 @@ from torch import nn
 
 __all__ = ["init_distributed", "shutdown", "is_distributed", "rank", "world_size", "local_rank", "is_main",
            "barrier", "average_gradients", "broadcast_module", "broadcast_object", "all_reduce",
-           "shard_utterances", "shard_frame_index", "device_for"]
+           "shard_utterances", "shard_frame_index", "device_for", "resolve_device", "current_shard"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,18 @@ def device_for(name: str) -> torch.device:
     if device.type == "cuda" and device.index is None and is_distributed():
         return torch.device("cuda", local_rank())
     return device
+
+
+def resolve_device(name: str) -> torch.device:
+    """:func:`device_for`, refusing ``cuda`` where torch sees no CUDA device."""
+    if torch.device(name).type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
+    return device_for(name)
+
+
+def current_shard() -> Optional[Tuple[int, int]]:
+    """``(rank, world)`` under torchrun, else None (the whole set)."""
+    return (rank(), world_size()) if is_distributed() else None
 
 
 def barrier() -> None:

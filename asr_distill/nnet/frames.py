@@ -1,5 +1,7 @@
-"""Spliced frame batches: all features of a set live as ONE tensor on the training device and context windows are
-gathered there with index arithmetic, so no per-frame Python runs in the training loop.
+"""Spliced frame batches from a device-resident set: all features of a set live as ONE tensor on the training
+device and context windows are gathered there with index arithmetic, so no per-frame Python runs in the training
+loop.  (The streaming counterpart is :class:`asr_distill.nnet.stream.FrameStream`; both offer
+``train_batches`` / ``eval_batches`` / ``utterances``.)
 
 A window of frame ``t`` is frames ``t-left .. t+right`` of the same utterance, the edges repeating the first/last
 frame (Kaldi's splicing convention).
@@ -7,7 +9,7 @@ frame (Kaldi's splicing convention).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,24 +29,27 @@ class FrameSet:
     utt_ids: List[str]
     left: int
     right: int
+    utt_index: Optional[List[int]] = None  # each utterance's index in its manifest (default: its position here)
 
     @classmethod
     def from_arrays(cls, feats: Sequence[np.ndarray], labels: Optional[Sequence[np.ndarray]], utt_ids: List[str],
-                    left: int, right: int, device: torch.device | str = "cpu") -> "FrameSet":
+                    left: int, right: int, device: torch.device | str = "cpu",
+                    utt_index: Optional[Sequence[int]] = None) -> "FrameSet":
         lengths = torch.tensor([len(f) for f in feats], dtype=torch.int64)
         offsets = torch.zeros(len(feats) + 1, dtype=torch.int64)
         offsets[1:] = torch.cumsum(lengths, 0)
-        utt_index = torch.repeat_interleave(torch.arange(len(feats)), lengths)
-        all_feats = torch.from_numpy(np.concatenate(feats).astype(np.float32))
+        per_frame_utt = torch.repeat_interleave(torch.arange(len(feats)), lengths)
+        all_feats = torch.from_numpy(np.concatenate(feats).astype(np.float32, copy=False))
         all_labels = None
         if labels is not None:
             for uid, f, lab in zip(utt_ids, feats, labels):
                 if len(f) != len(lab):
                     raise ValueError(f"utterance {uid}: {len(f)} feature frames but {len(lab)} alignment labels")
-            all_labels = torch.from_numpy(np.concatenate(labels).astype(np.int64)).to(device)
+            all_labels = torch.from_numpy(np.concatenate(labels).astype(np.int64, copy=False)).to(device)
         return cls(feats=all_feats.to(device), labels=all_labels,
-                   utt_start=offsets[:-1][utt_index].to(device), utt_end=(offsets[1:][utt_index] - 1).to(device),
-                   offsets=offsets, utt_ids=list(utt_ids), left=left, right=right)
+                   utt_start=offsets[:-1][per_frame_utt].to(device),
+                   utt_end=(offsets[1:][per_frame_utt] - 1).to(device), offsets=offsets, utt_ids=list(utt_ids),
+                   left=left, right=right, utt_index=list(utt_index) if utt_index is not None else None)
 
     @property
     def num_frames(self) -> int:
@@ -70,6 +75,17 @@ class FrameSet:
         labels = None if self.labels is None else self.labels[frame_index]
         return self.windows(frame_index), labels
 
+    def subset(self, keep: Callable[[int, int], Optional[np.ndarray]]) -> Optional[torch.Tensor]:
+        """Frame indices (CPU, ascending) kept by ``keep(utt_index, num_frames)`` (a boolean mask, or None = all)
+        over every utterance; None when every utterance keeps every frame."""
+        parts, partial = [], False
+        for i in range(len(self.utt_ids)):
+            a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+            mask = keep(self.utt_index[i] if self.utt_index is not None else i, b - a)
+            partial |= mask is not None
+            parts.append(torch.arange(a, b) if mask is None else a + torch.from_numpy(np.flatnonzero(mask)))
+        return torch.cat(parts) if partial else None
+
     def shuffled_batches(self, batch_size: int, generator: torch.Generator,
                          frame_subset: Optional[torch.Tensor] = None) -> Iterator[torch.Tensor]:
         """Frame-level random shuffling: index batches drawn without replacement over (a subset of) the frames.
@@ -79,6 +95,35 @@ class FrameSet:
         for start in range(0, len(perm), batch_size):
             yield perm[start:start + batch_size]
 
+    def count_frames(self, keep: Optional[Callable[[int, int], Optional[np.ndarray]]] = None) -> int:
+        """Frames an epoch trains on: all, or those ``keep(utt_index, num_frames)`` selects."""
+        subset = self._subset_of(keep)
+        return self.num_frames if subset is None else len(subset)
+
+    def _subset_of(self, keep) -> Optional[torch.Tensor]:
+        if keep is None:
+            return None
+        cached = getattr(self, "_subset_cache", None)
+        if cached is None or cached[0] is not keep:
+            self._subset_cache = (keep, self.subset(keep))
+        return self._subset_cache[1]
+
+    def train_batches(self, batch_size: int, generator: torch.Generator,
+                      keep: Optional[Callable[[int, int], Optional[np.ndarray]]] = None
+                      ) -> Iterator[Dict[str, torch.Tensor]]:
+        """Training batches as the step's inputs: the frame indices (the step gathers windows and labels)."""
+        for idx in self.shuffled_batches(batch_size, generator, self._subset_of(keep)):
+            yield {"frame_index": idx}
+
+    def sequential_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        for start in range(0, self.num_frames, batch_size):
+            yield torch.arange(start, min(start + batch_size, self.num_frames), device=self.device)
+
+    def eval_batches(self, batch_size: int) -> Iterator[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+        """``(windows, labels)`` of every frame in order."""
+        for idx in self.sequential_batches(batch_size):
+            yield self.batch(idx)
+
     def utterance(self, i: int) -> Tuple[str, torch.Tensor, Optional[torch.Tensor]]:
         """Windows and labels of utterance ``i`` (for per-utterance evaluation)."""
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
@@ -86,9 +131,9 @@ class FrameSet:
         x, y = self.batch(idx)
         return self.utt_ids[i], x, y
 
-    def sequential_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        for start in range(0, self.num_frames, batch_size):
-            yield torch.arange(start, min(start + batch_size, self.num_frames), device=self.device)
+    def utterances(self) -> Iterator[Tuple[str, torch.Tensor, Optional[torch.Tensor]]]:
+        for i in range(len(self.utt_ids)):
+            yield self.utterance(i)
 
 
 def splice_utterance(feats: torch.Tensor, left: int, right: int) -> torch.Tensor:

@@ -1,0 +1,92 @@
+"""Decoding many utterances: pdf log-likelihood matrices -> word ids over HCLG, in a pool of worker processes.
+
+Any acoustic model enters as a ``(frames, num_pdfs)`` matrix of log-likelihoods: for a DNN the log-posteriors
+minus the log-priors (Bourlard & Morgan's pseudo-likelihoods), for the GMM its own log-likelihoods.  Backends sit
+behind :class:`DecodingBackend` (one method); the default is kaldi-decoder's ``FasterDecoder``
+(:class:`asr_distill.deploy.decoder.HclgDecoder`).  A k2 backend can join by registering in :data:`BACKENDS`.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Dict, List, Mapping, Tuple
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..deploy.decoder import HclgDecoder
+from ..utils import Pathlike
+
+__all__ = ["DecodingConfig", "DecodingBackend", "KaldiDecoderBackend", "BACKENDS", "decode_loglikes"]
+
+
+@dataclass
+class DecodingConfig:
+    acoustic_scale: float = 0.1
+    beam: float = 13.0
+    max_active: int = 7000
+    min_active: int = 200
+    word_penalty: float = 0.0  # added to the graph cost of every word (Kaldi scoring's word insertion penalty)
+    backend: str = "kaldi-decoder"
+
+    def with_(self, **changes) -> "DecodingConfig":
+        return replace(self, **changes)
+
+
+class DecodingBackend:
+    """Decodes one utterance's (frames x num_pdfs) log-likelihoods into word ids."""
+
+    def decode(self, loglikes: np.ndarray) -> List[int]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class KaldiDecoderBackend(DecodingBackend):
+    """kaldi-decoder's FasterDecoder over an OpenFst HCLG (Kaldi's ``decode-faster``)."""
+
+    def __init__(self, hclg_path: Pathlike, tid2pdf: np.ndarray, config: DecodingConfig):
+        self.decoder = HclgDecoder.from_settings(hclg_path, tid2pdf, asdict(config))
+
+    def decode(self, loglikes: np.ndarray) -> List[int]:
+        return self.decoder.decode(loglikes)
+
+
+BACKENDS: Dict[str, Callable[[Pathlike, np.ndarray, DecodingConfig], DecodingBackend]] = {
+    "kaldi-decoder": KaldiDecoderBackend}
+
+# Per-process decoder state for the worker pool (an FST and a decoder cannot be pickled, so each worker builds its
+# own once and reuses it for every utterance it is sent).
+_worker: Dict[str, DecodingBackend] = {}
+
+
+def _init_worker(hclg_path: str, config: DecodingConfig, tid2pdf: np.ndarray) -> None:
+    torch.set_num_threads(1)
+    if config.backend not in BACKENDS:
+        raise ValueError(f"unknown decoding backend {config.backend!r}; one of {', '.join(BACKENDS)}")
+    _worker["backend"] = BACKENDS[config.backend](hclg_path, tid2pdf, config)
+
+
+def _decode_one(item: Tuple[str, np.ndarray]) -> Tuple[str, List[int]]:
+    utt, loglikes = item
+    return utt, _worker["backend"].decode(loglikes)
+
+
+def decode_loglikes(hclg_path: Pathlike, tid2pdf: np.ndarray, loglikes: Mapping[str, np.ndarray],
+                    config: DecodingConfig, jobs: int = 1, progress: bool = False) -> Dict[str, List[int]]:
+    """Decode every utterance of ``loglikes`` (utt -> (frames, num_pdfs)); returns utt -> word ids.
+
+    ``tid2pdf[t]`` is the pdf of transition-id ``t`` (index 0 unused).  With ``jobs > 1`` utterances are decoded in
+    that many processes, each holding its own copy of HCLG.
+    """
+    items = list(loglikes.items())
+    tid2pdf = np.asarray(tid2pdf, dtype=np.int64)
+    bar = (lambda it: tqdm(it, total=len(items), desc="decoding", leave=False)) if progress else (lambda it: it)
+    if jobs <= 1 or len(items) < 8:
+        _init_worker(str(hclg_path), config, tid2pdf)
+        return dict(bar(map(_decode_one, items)))
+    ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
+                             initargs=(str(hclg_path), config, tid2pdf)) as pool:
+        return dict(bar(pool.map(_decode_one, items, chunksize=max(1, len(items) // (8 * jobs)))))

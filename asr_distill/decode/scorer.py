@@ -1,0 +1,107 @@
+"""The one scorer every system goes through (GMM, teachers, ensembles, baselines, students, exported models).
+
+A system enters as pdf log-likelihoods of the dev and test utterances: a DNN's log-posteriors minus the training
+log-priors (:meth:`Scorer.evaluate_posteriors`), the GMM's own log-likelihoods, or an exported model's output.  The
+acoustic scale and word insertion penalty are tuned on DEV; TEST is decoded once with them; WER comes with a
+bootstrap confidence interval, and frame accuracy is the argmax of log-likelihood + log-prior (= of the
+posterior) against the GMM's alignment of the same split.  ``decode/<system>/wer.json`` and ``hyp_test.txt`` are
+written and the row joins ``results.json``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from lhotse import CutSet
+
+from ..fst import invert_symbols, read_symbols, read_tid2pdf
+from ..results import update_results
+from ..utils import atomic_write_text, write_json
+from .backend import DecodingConfig, decode_loglikes
+from .priors import pseudo_loglikes
+from .scoring import WerResult, compute_wer, words_of
+from .tuning import tune_acoustic_scale
+
+if TYPE_CHECKING:  # annotations only: the experiment module imports this package
+    from ..experiment import Experiment
+
+__all__ = ["Scorer", "GMM_SCALES", "DNN_SCALES", "WORD_PENALTIES"]
+
+log = logging.getLogger(__name__)
+
+GMM_SCALES = (0.03, 0.04, 0.05, 0.0667, 0.0833, 0.1, 0.125, 0.15)
+DNN_SCALES = (0.05, 0.0667, 0.0833, 0.1, 0.125, 0.15, 0.2)
+# Word insertion penalties in graph-cost units (Kaldi's scoring sweeps 0, 0.5, 1.0 in its own units).
+WORD_PENALTIES = (0.0, 1.0, 2.0, 2.5, 3.0)
+
+
+def _pdf_labels(manifest) -> Dict[str, np.ndarray]:
+    return {c.id: c.load_custom("pdf_ids") for c in CutSet.from_jsonl_lazy(manifest)}
+
+
+class Scorer:
+    """Scores systems of one experiment (see the module docstring)."""
+
+    def __init__(self, exp: "Experiment", jobs: int = 2, beam: float = 13.0, splits: Sequence[str] = ("dev", "test"),
+                 scales: Sequence[float] = DNN_SCALES, penalties: Sequence[float] = WORD_PENALTIES):
+        self.exp, self.jobs = exp, jobs
+        self.scales, self.penalties = tuple(scales), tuple(penalties)  # the dev grid (Kaldi's score.sh ranges)
+        self.hclg = exp.hclg_path
+        self.tid2pdf = read_tid2pdf(exp.tid2pdf_path)
+        self.id2word = invert_symbols(read_symbols(exp.words_path))
+        self.config = DecodingConfig(beam=beam)
+        self.log_priors = exp.log_priors()
+        self.refs = {s: {u: t.split() for u, t in exp.texts(s).items()} for s in splits}
+        self.labels = {s: _pdf_labels(exp.labelled_cuts_path(s)) for s in splits}
+
+    def frame_accuracy(self, split: str, loglikes: Mapping[str, np.ndarray]) -> float:
+        """Percent of the split's aligned frames whose argmax of log-likelihood + log-prior is the aligned pdf."""
+        correct = total = 0
+        for u, lab in self.labels[split].items():
+            correct += int(((loglikes[u] + self.log_priors).argmax(1) == lab).sum())
+            total += len(lab)
+        return 100.0 * correct / max(1, total)
+
+    def decode(self, split: str, loglikes: Mapping[str, np.ndarray], config: DecodingConfig,
+               bootstrap: int = 1000) -> Tuple[Dict[str, List[str]], WerResult]:
+        """Words of every utterance of ``loglikes`` and the WER against ``split``'s transcripts."""
+        ids = decode_loglikes(self.hclg, self.tid2pdf, loglikes, config, self.jobs)
+        hyps = {u: words_of(h, self.id2word) for u, h in ids.items()}
+        refs = {u: r for u, r in self.refs[split].items() if u in loglikes}
+        return hyps, compute_wer(refs, hyps, bootstrap_replications=bootstrap)
+
+    def tune(self, dev_loglikes: Mapping[str, np.ndarray], scales: Optional[Sequence[float]] = None
+             ) -> Tuple[DecodingConfig, Dict[str, float]]:
+        return tune_acoustic_scale(self.hclg, self.tid2pdf, dev_loglikes, self.refs["dev"], self.id2word,
+                                   scales or self.scales, self.config, self.jobs, self.penalties)
+
+    def evaluate(self, name: str, kind: str, loglikes: Mapping[str, Mapping[str, np.ndarray]], params: int,
+                 extra: Optional[dict] = None, scales: Optional[Sequence[float]] = None) -> dict:
+        """``loglikes[split][utt]`` = (frames, num_pdfs) pdf log-likelihoods for dev and test -> the results row;
+        ``scales``: the acoustic-scale grid when not the scorer's (the GMM's likelihoods want smaller ones)."""
+        cfg, dev_wers = self.tune(loglikes["dev"], scales)
+        best = f"{cfg.acoustic_scale:g}/{cfg.word_penalty:g}"
+        t0 = time.time()
+        hyps, wer = self.decode("test", loglikes["test"], cfg)
+        out = self.exp.decode_dir(name)
+        atomic_write_text(out / "hyp_test.txt", "".join(f"{u} {' '.join(hyps[u])}\n" for u in sorted(hyps)))
+        row = {"name": name, "kind": kind, "params": int(params), "wer": round(wer.wer, 2),
+               "wer_ci": [round(wer.ci_low, 2), round(wer.ci_high, 2)],
+               "frame_acc": round(self.frame_accuracy("test", loglikes["test"]), 2),
+               "dev_frame_acc": round(self.frame_accuracy("dev", loglikes["dev"]), 2),
+               "dev_wer": round(dev_wers[best], 2), "acoustic_scale": cfg.acoustic_scale,
+               "word_penalty": cfg.word_penalty, **(extra or {})}
+        write_json({**row, "dev_wers": dev_wers, "test": wer.as_dict(), "decode_seconds": time.time() - t0},
+                   out / "wer.json")
+        update_results(self.exp.dir, self.exp.corpus, row)
+        log.info("%s: test %s, test frame acc %.2f%%, dev WER %.2f%% (%s)", name, wer, row["frame_acc"],
+                 row["dev_wer"], best)
+        return row
+
+    def evaluate_posteriors(self, name: str, kind: str, log_post: Mapping[str, Mapping[str, np.ndarray]],
+                            params: int, extra: Optional[dict] = None) -> dict:
+        """:meth:`evaluate` for a DNN's log-posteriors: the priors are divided out first (hybrid decoding)."""
+        loglikes = {s: {u: pseudo_loglikes(p, self.log_priors) for u, p in log_post[s].items()} for s in log_post}
+        return self.evaluate(name, kind, loglikes, params, extra)

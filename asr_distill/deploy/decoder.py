@@ -1,0 +1,57 @@
+"""Pseudo log-likelihoods -> words over HCLG with kaldi-decoder's ``FasterDecoder`` (Kaldi's ``decode-faster``).
+
+The one decoder of the project: the training side's scorer (:mod:`asr_distill.decode`) and the stand-alone
+transcriber use it alike.  Light on purpose (numpy, kaldifst, kaldi-decoder).
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import kaldi_decoder
+import kaldifst
+import numpy as np
+
+from ..fst import add_word_penalty
+
+__all__ = ["HclgDecoder", "SKIP_WORDS", "words_of"]
+
+SKIP_WORDS = ("<eps>", "<s>", "</s>", "#0")
+
+
+def words_of(ids, id2word: Dict[int, str]) -> List[str]:
+    """Word ids -> words, without epsilon, sentence markers and the back-off disambiguation symbol."""
+    return [id2word[i] for i in ids if id2word.get(i, "<eps>") not in SKIP_WORDS]
+
+
+class HclgDecoder:
+    """``decode(loglikes)`` -> word ids of the best path through ``hclg`` (an FST or its path), for a
+    ``(frames, num_pdfs)`` matrix of pseudo log-likelihoods: expanded to transition-ids through ``tid2pdf``
+    (``tid2pdf[t]`` = pdf of transition-id ``t``; index 0 unused) and multiplied by ``acoustic_scale``."""
+
+    def __init__(self, hclg, tid2pdf: np.ndarray, acoustic_scale: float = 0.1, word_penalty: float = 0.0,
+                 beam: float = 13.0, max_active: int = 7000, min_active: int = 200):
+        fst = kaldifst.StdVectorFst.read(str(hclg)) if not isinstance(hclg, kaldifst.StdVectorFst) else hclg
+        if word_penalty:
+            fst = add_word_penalty(fst, word_penalty)
+        self.hclg = fst
+        self.scale = float(acoustic_scale)
+        # DecodableCtc returns M[frame, tid - 1]: column j holds transition-id j + 1.
+        self.columns = np.asarray(tid2pdf, dtype=np.int64)[1:]
+        opts = kaldi_decoder.FasterDecoderOptions(beam=beam, max_active=max_active, min_active=min_active)
+        self.decoder = kaldi_decoder.FasterDecoder(self.hclg, opts)
+
+    @classmethod
+    def from_settings(cls, hclg, tid2pdf: np.ndarray, settings: Dict) -> "HclgDecoder":
+        """From a dict of decoding settings (a model card's ``decoding``, or :class:`asr_distill.decode.
+        DecodingConfig`'s fields)."""
+        keys = ("acoustic_scale", "word_penalty", "beam", "max_active", "min_active")
+        return cls(hclg, tid2pdf, **{k: settings[k] for k in keys if k in settings})
+
+    def decode(self, loglikes: np.ndarray) -> List[int]:
+        scores = np.ascontiguousarray(loglikes[:, self.columns] * self.scale, dtype=np.float32)
+        self.decoder.decode(kaldi_decoder.DecodableCtc(scores))
+        ok, best = self.decoder.get_best_path()
+        if not ok:
+            return []
+        ok, _, words, _ = kaldifst.get_linear_symbol_sequence(best)
+        return list(words) if ok else []

@@ -1,0 +1,119 @@
+"""What stage 6 trains and scores: every system of the paper's experiments shares the training frames, the
+teachers, their recipe and the scorer.
+
+Under ``torchrun`` every rank holds its shard of the training frames and trains every system with the others (data
+parallel); only rank 0 (``main``) holds the test frames and the scorer, and scores and decodes: on the other ranks
+:meth:`DistillRunner.decode` and :meth:`DistillRunner.frame_acc` return NaN placeholders, which are never written.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import fields
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..decode.scorer import Scorer
+from ..experiment import Experiment
+from ..nnet import parallel
+from ..nnet.checkpoint import load_model
+from ..nnet.frames import FrameSet
+from ..nnet.inference import frame_accuracy, log_posteriors
+from ..nnet.models import build_model, count_parameters
+from ..nnet.step import CrossEntropyLoss
+from ..nnet.stream import open_frames
+from ..nnet.train import TrainConfig, train_model
+from ..utils import read_json
+from .loss import DistillationLoss
+from .teachers import StackedTeachers
+from .topk import TopKCache, write_topk_cuts
+
+__all__ = ["DistillRunner"]
+
+log = logging.getLogger(__name__)
+
+
+class DistillRunner:
+    """See the module docstring.  ``frames``: the frame path (``auto``, ``resident``, ``stream``);
+    ``scorer_options``: the :class:`~asr_distill.decode.scorer.Scorer`'s."""
+
+    def __init__(self, exp: Experiment, device: str, jobs: int, train_config: Optional[dict] = None,
+                 mean: str = "arithmetic", frames: str = "auto", scorer_options: Optional[dict] = None):
+        meta = exp.teachers_meta()
+        self.exp, self.mean, self.frame_mode = exp, mean, frames
+        self.main = parallel.is_main()
+        self.shard = parallel.current_shard()
+        self.device = parallel.resolve_device(device)
+        self.left, self.right = meta["left"], meta["right"]
+        self.frames = {"train": self._open("train", shard=self.shard)[0], "dev": self._open("dev")[0]}
+        if self.main:
+            self.frames["test"] = self._open("test")[0]
+        self.teachers = [load_model(p, self.device).eval() for p in exp.teacher_paths()]
+        self.teacher_config = dict(self.teachers[0].config)
+        # train like the teachers unless told otherwise (the paper's baseline is "trained like a teacher")
+        inherited = read_json(exp.teacher_dir(0) / "config.json")["train"]
+        keep = {f.name for f in fields(TrainConfig)} - {"seed", "frame_subset"}
+        self.train_config = {**{k: v for k, v in inherited.items() if k in keep}, **(train_config or {})}
+        self.scorer = Scorer(exp, jobs, **(scorer_options or {})) if self.main else None
+        self.ensemble_acc = read_json(exp.decode_dir(f"ensemble-{mean}") / "wer.json")["frame_acc"]
+
+    def _open(self, split: str, shard=None, topk_manifest=None):
+        return open_frames(self.exp.frame_source(split, topk_manifest), self.left, self.right, self.device, shard,
+                           mode=self.frame_mode)
+
+    def train(self, name: str, config: dict, T: float = 1.0, alpha: float = 0.0, cache: Optional[Tuple] = None,
+              seed: int = 100, **train_overrides) -> Tuple[nn.Module, dict]:
+        """Train system ``name`` (``EXP/distill/<name>``): hard labels (``alpha = 0``), live teachers, or the top-k
+        ``cache`` returned by :meth:`topk_cache`; returns (its best model, the training summary)."""
+        out = self.exp.system_dir(name)
+        torch.manual_seed(seed)
+        model = build_model(config)
+        cfg = TrainConfig(**{**self.train_config, "seed": seed, **train_overrides})
+        train = self.frames["train"]
+        if alpha == 0:  # hard labels: the baselines, the hard-label controls
+            loss = CrossEntropyLoss()
+        elif cache is None:
+            loss = DistillationLoss(self.teachers, T=T, alpha=alpha, mean=self.mean)
+        else:
+            train, targets = cache
+            resident = isinstance(targets, TopKCache)
+            loss = DistillationLoss(cache=targets if resident else None, streamed_targets=not resident, T=T,
+                                    alpha=alpha, mean=self.mean)
+        summary = train_model(model, train, self.frames["dev"], cfg, out, loss=loss)
+        return (load_model(out / "best.pt", self.device) if self.main else model), summary
+
+    def topk_cache(self, T: float, k: int) -> Tuple[Tuple, dict]:
+        """The training frames with their top-k soft targets, stored once as fields of the training cuts
+        (``EXP/distill/topk/``, rank 0 computes them for the WHOLE training set, the same files whatever the number
+        of processes), and the stored settings.  Returns ``((frames, targets), meta)`` for :meth:`train`: the
+        resident path's targets are a :class:`TopKCache` over this rank's frames, the streaming path's travel in
+        the stream's batches (``targets`` is then None)."""
+        manifest = self.exp.topk_manifest(T, k, self.mean)
+        if self.main and not manifest.exists():
+            full = self.frames["train"] if self.shard is None else self._open("train")[0]
+            stack = StackedTeachers(self.teachers, device=self.device)
+            write_topk_cuts(stack, full, self.exp.frame_source("train").cuts(), T, k, manifest.parent / "arrays",
+                            manifest, mean=self.mean)
+        parallel.barrier()
+        frames, topk = self._open("train", self.shard, manifest)
+        meta = self.exp.frame_source("train", manifest).topk_meta
+        if topk is None:  # streaming: the stream carries the targets
+            return (frames, None), meta
+        return (frames, TopKCache(topk[0], topk[1], dict(meta))), meta
+
+    def frame_acc(self, model: nn.Module, split: str = "test") -> float:
+        if not self.main:
+            return float("nan")
+        return round(frame_accuracy(model, self.frames[split])[0], 2)
+
+    def decode(self, name: str, kind: str, model: nn.Module, extra: Optional[dict] = None) -> dict:
+        if not self.main:
+            return {"name": name, "kind": kind, "params": count_parameters(model), "frame_acc": float("nan"),
+                    "wer": float("nan")}
+        post: Dict[str, Dict] = {s: log_posteriors(model, self.frames[s]) for s in ("dev", "test")}
+        return self.scorer.evaluate_posteriors(name, kind, post, count_parameters(model), extra)
+
+    @property
+    def resident(self) -> bool:
+        return isinstance(self.frames["train"], FrameSet)

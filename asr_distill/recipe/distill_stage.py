@@ -1,0 +1,34 @@
+"""Stage 6: the paper's experiments on this corpus (:mod:`asr_distill.distill.experiments`)."""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+from ..distill.experiments import EXPERIMENTS, DistillSettings, run_experiments
+from ..distill.runner import DistillRunner
+from ..experiment import Experiment
+
+__all__ = ["stage_distill", "DISTILL_EXPERIMENTS"]
+
+DISTILL_EXPERIMENTS = tuple(EXPERIMENTS)
+
+
+def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float = 2.0, alpha: float = 0.5,
+                  mean: str = "arithmetic", teacher_source: str = "live", topk: int = 16,
+                  experiments: Sequence[str] = ("table1",), train_config: Optional[dict] = None,
+                  student_recipe: Optional[dict] = None,
+                  select_candidates: Optional[Sequence[Tuple[float, float, dict]]] = None,
+                  frames: str = "auto", scorer_options: Optional[dict] = None) -> dict:
+    """Stage 6: ``experiments`` (names of :data:`DISTILL_EXPERIMENTS`, run in that table's order).
+
+    ``student_recipe`` overrides the teachers' training settings for distilled students only (e.g. ``epochs``,
+    ``noise_std``, ``freq_mask``); baselines keep the teachers' settings ("trained like a teacher").  Under
+    ``torchrun`` every system is trained data-parallel by all ranks; rank 0 alone decodes and writes the results.
+    ``frames``: the frame path; ``scorer_options``: the :class:`~asr_distill.decode.scorer.Scorer`'s.
+    """
+    unknown = sorted(set(experiments) - set(EXPERIMENTS))
+    if unknown:  # before the runner loads anything
+        raise ValueError(f"unknown stage-6 experiment(s) {', '.join(unknown)}: choose from {', '.join(EXPERIMENTS)}")
+    run = DistillRunner(exp, device, jobs, train_config, mean, frames, scorer_options)
+    settings = DistillSettings(T=T, alpha=alpha, mean=mean, recipe=dict(student_recipe or {}),
+                               teacher_source=teacher_source, topk=topk, select_candidates=select_candidates)
+    return run_experiments(run, experiments, settings)
