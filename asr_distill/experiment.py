@@ -98,6 +98,11 @@ class Experiment:
     def lang_dir(self) -> Path:
         return self.dir / "lang"
 
+    @property
+    def initial_hclg_path(self) -> Path:
+        """HCLG of the untrained monophone inventory (stage 2; stage 3 writes the one systems are scored with)."""
+        return self.lang_dir / "graph" / "HCLG.fst"
+
     # -- stage 3: GMM, graph, alignments ----------------------------------------------------------------------
     @property
     def gmm_dir(self) -> Path:
@@ -135,6 +140,10 @@ class Experiment:
     def pdf_ids_dir(self, split: str) -> Path:
         return self.gmm_dir / "pdf_ids" / split
 
+    def align_failed_path(self, split: str) -> Path:
+        """The utterances of ``split`` the GMM could not align (one id per line; they get no frame labels)."""
+        return self.gmm_dir / f"align_failed_{split}.txt"
+
     @property
     def pdf_counts_path(self) -> Path:
         return self.gmm_dir / "pdf_counts.npy"
@@ -162,9 +171,13 @@ class Experiment:
     def teacher_dir(self, k: int) -> Path:
         return self.teachers_dir / f"teacher{k}"
 
+    @property
+    def teachers_meta_path(self) -> Path:
+        return self.teachers_dir / "teachers.json"
+
     def teachers_meta(self) -> dict:
         """``{"num_teachers", "left", "right"}`` of stage 4."""
-        return read_json(_need(self.teachers_dir / "teachers.json", "train-teachers"))
+        return read_json(_need(self.teachers_meta_path, "train-teachers"))
 
     def teacher_paths(self) -> List[Path]:
         return [self.teacher_dir(k) / "best.pt" for k in range(self.teachers_meta()["num_teachers"])]
@@ -190,6 +203,9 @@ class Experiment:
 
     def decode_dir(self, system: str) -> Path:
         return self.dir / "decode" / system
+
+    def plot_path(self, name: str) -> Path:
+        return self.distill_dir / f"{name}.png"
 
     def export_dir(self, system: str) -> Path:
         return self.dir / "export" / system

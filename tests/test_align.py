@@ -46,7 +46,7 @@ def test_alignments_cover_the_frames(exp, alignments, inventory):
         # nearly every utterance aligns (an odd hard one may fail at beam 10/40 and is only left out, and listed:
         # seen for 1 of the 98 training utterances in some builds)
         assert len(stored) >= len(fbank) - max(1, 0.05 * len(fbank)), f"{s}: only {len(stored)} of {len(fbank)}"
-        failed = (exp.gmm_dir / f"align_failed_{s}.txt").read_text().split()
+        failed = exp.align_failed_path(s).read_text().split()
         assert sorted(failed) == sorted(set(fbank) - set(stored))
         for u, pdfs in stored.items():
             assert len(pdfs) == fbank[u] == mfcc[u], u

@@ -60,7 +60,7 @@ def stage_command(stage: str, distributed: bool = False):
             try:
                 exp = Experiment(exp_dir, corpus)
                 if parallel.broadcast_object(exp.done(stage) and not force):
-                    log.info("stage %s: already done (%s); --force to redo", stage, exp / ".done" / stage)
+                    log.info("stage %s: already done (%s); --force to redo", stage, exp.marker(stage))
                     return
                 t0 = time.time()
                 log.info("stage %s: start%s", stage,

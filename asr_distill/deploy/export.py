@@ -99,7 +99,7 @@ def model_context(exp: Experiment, config: dict, left: Optional[int], right: Opt
     """Left/right splicing context: given, else the experiment's stage-4 ``teachers.json`` (the students inherit
     the teachers' context) when it fits the model's ``context``, else symmetric."""
     ctx = int(config["context"])
-    if left is None and right is None and (exp.teachers_dir / "teachers.json").exists():
+    if left is None and right is None and exp.teachers_meta_path.exists():
         m = exp.teachers_meta()
         if m["left"] + 1 + m["right"] == ctx:
             left, right = m["left"], m["right"]

@@ -117,7 +117,7 @@ def run_sweep(run: DistillRunner, s: DistillSettings) -> list:
                          "recipe": s.recipe})
     if run.main:
         update_experiment(run.exp.dir, "sweep", rows)
-        plot_sweep(rows, run.exp.distill_dir / "sweep.png")
+        plot_sweep(rows, run.exp.plot_path("sweep"))
     return rows
 
 
@@ -138,7 +138,7 @@ def run_compression(run: DistillRunner, s: DistillSettings) -> list:
                      "baseline_frame_acc": brow["frame_acc"]})
     if run.main:
         update_experiment(run.exp.dir, "compression", rows)
-        plot_compression(rows, run.exp.distill_dir / "compression.png")
+        plot_compression(rows, run.exp.plot_path("compression"))
     return rows
 
 

@@ -56,6 +56,6 @@ def stage_lang(exp: Experiment, lexicon_path: Optional[Pathlike] = None, sil_pro
                exp.lang_dir / "lexicon_report.json")
     log.info("lexicon: %d training words; pronunciations from %s", len(vocab), report.counts())
     hclg = make_hclg(lang, StateInventory.monophone(lang))
-    with atomic_path(exp.lang_dir / "graph" / "HCLG.fst") as tmp:
+    with atomic_path(exp.initial_hclg_path) as tmp:
         hclg.write(tmp)
     log.info("HCLG (initial transition model): %d states", hclg.num_states)

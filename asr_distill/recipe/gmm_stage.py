@@ -54,10 +54,10 @@ def _align_split(exp: Experiment, split: str, lang: Lang, inventory: StateInvent
                  feats: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """Forced alignment of ``split``; its fbank cuts with the frames' pdf-ids become ``gmm/cuts_<split>``."""
     alis, failed, avg = align_utterances(am, inventory, graphs, feats)
-    atomic_write_text(exp.gmm_dir / f"align_failed_{split}.txt", "".join(f"{u}\n" for u in failed))
+    atomic_write_text(exp.align_failed_path(split), "".join(f"{u}\n" for u in failed))
     if failed:
         log.warning("%s: %d utterance(s) could not be aligned and get no frame labels (listed in %s): %s", split,
-                    len(failed), exp.gmm_dir / f"align_failed_{split}.txt", failed[:10])
+                    len(failed), exp.align_failed_path(split), failed[:10])
     log.info("%s: aligned %d utterances, avg log-likelihood per frame %.3f", split, len(alis), avg)
     pdf_alis = {u: inventory.tids_to_pdfs(a).astype(np.int32) for u, a in alis.items()}
     storage = exp.pdf_ids_dir(split)

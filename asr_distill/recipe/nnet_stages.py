@@ -51,7 +51,7 @@ def stage_teachers(exp: Experiment, num_teachers: int = 4, archs: Sequence[str] 
         model = build_model(model_config(archs[k % len(archs)], exp, left, right, hidden_dim, num_layers, dropout))
         train_model(model, train, dev_set, cfg, out)
     if parallel.is_main():
-        write_json({"num_teachers": num_teachers, "left": left, "right": right}, exp.teachers_dir / "teachers.json")
+        write_json({"num_teachers": num_teachers, "left": left, "right": right}, exp.teachers_meta_path)
     parallel.barrier()
     return {"num_teachers": num_teachers}
 

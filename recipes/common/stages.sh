@@ -11,6 +11,7 @@
 #   --lexicon FILE       corpus dictionary (CMU format), used before CMUdict and the grapheme fallback
 #   --exp-dir DIR  --stage N  --stop-stage N  --jobs N  --force
 #   --num-teachers K  --device cpu|cuda  --nproc N (torchrun data-parallel ranks for stages 4 and 6)
+#   --frames auto|resident|stream   stages 4-6's frame path (stream: memory does not grow with the corpus)
 #   --gmm-args "..."  --teacher-args "..."  --distill-args "..."   extra options for `asr-distill gmm` /
 #                        `train-teachers` / `distill`
 #
@@ -23,6 +24,7 @@ stage=${stage:-0}
 jobs=${jobs:-2}
 device=${device:-cpu}
 nproc=${nproc:-1}
+frames=${frames:-auto}
 force=
 prepare_args=(${extra_prepare_args:-})
 lang_args=(${extra_lang_args:-})
@@ -42,6 +44,7 @@ while [ $# -gt 0 ]; do
     --num-teachers) num_teachers=$2; shift 2;;
     --device) device=$2; shift 2;;
     --nproc) nproc=$2; shift 2;;
+    --frames) frames=$2; shift 2;;
     --teacher-args) teacher_args=$2; shift 2;;
     --distill-args) distill_args=$2; shift 2;;
     --gmm-args) gmm_args=$2; shift 2;;
@@ -80,15 +83,15 @@ if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
 fi
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   log "stage 4: $num_teachers DNN teachers"
-  "${train_cmd[@]}" train-teachers "${common[@]}" --num-teachers $num_teachers --device $device $teacher_args
+  "${train_cmd[@]}" train-teachers "${common[@]}" --num-teachers $num_teachers --device $device --frames $frames $teacher_args
 fi
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   log "stage 5: evaluate teachers and their ensemble"
-  asr-distill evaluate "${common[@]}" --jobs $jobs --device $device
+  asr-distill evaluate "${common[@]}" --jobs $jobs --device $device --frames $frames
 fi
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   log "stage 6: distillation (baseline + student)"
-  "${train_cmd[@]}" distill "${common[@]}" --jobs $jobs --device $device $distill_args
+  "${train_cmd[@]}" distill "${common[@]}" --jobs $jobs --device $device --frames $frames $distill_args
 fi
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   log "stage 7: results"
