@@ -1,9 +1,10 @@
 """asr-distill: distil an ensemble of hybrid HMM-DNN acoustic models into one small student.
 
-One concept per module: :mod:`data` (Lhotse manifests, features, CMVN), :mod:`lang` (lexicon, LM, HCLG),
-:mod:`align` (GMM-HMM bootstrap and frame labels), :mod:`models` (MLP / TDNN), :mod:`frames` (spliced frame
-batches), :mod:`train` (cross-entropy teachers), :mod:`distill` (ensemble -> student), :mod:`decode` (hybrid WFST
-decoding and scoring), :mod:`export` (deployable student).
+One subpackage per stage family: :mod:`.data` (corpora, manifests, features, per-frame cut fields), :mod:`.lang`
+(lexicon, LM, HCLG), :mod:`.gmm` (GMM-HMM bootstrap and frame labels), :mod:`.nnet` (models, frame paths,
+training), :mod:`.distill` (ensemble -> student, the paper's experiments), :mod:`.decode` (hybrid WFST decoding
+and the scorer), :mod:`.deploy` (export, transcribe), :mod:`.recipe` (the stages); :mod:`.experiment` names every
+path of an experiment directory.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

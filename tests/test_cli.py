@@ -85,3 +85,25 @@ def test_distill_refuses_unknown_experiments_and_bad_candidates(tmp_path, args, 
     assert proc.returncode == 2, proc.stderr
     assert named in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / ".done" / "distill").exists()
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--stage", "foo"], "--stage foo: expected a stage number 0-8"),
+    (["--stage", "9"], "--stage 9: expected a stage number 0-8"),
+    (["--stage", "5", "--stop-stage", "2"], "nothing would run"),
+    (["--stage"], "option --stage needs a value"),
+    (["--frames", "fast"], "--frames fast"),
+])
+def test_recipe_refuses_bad_stage_ranges_before_any_work(tmp_path, args, said):
+    proc = subprocess.run(["bash", str(REPO / "recipes" / "an4" / "run.sh"), "--exp-dir", str(tmp_path / "exp"), *args],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and said in proc.stderr, proc.stderr
+    assert not (tmp_path / "exp").exists()
+
+
+def test_a_stage_before_its_inputs_names_the_missing_stage(tmp_path):
+    proc = subprocess.run(_asr_distill() + ["train-teachers", "--exp-dir", str(tmp_path)], env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "run stage 'gmm'" in proc.stderr and "cuts_train.jsonl.gz" in proc.stderr
+    assert not (tmp_path / ".done" / "teachers").exists()

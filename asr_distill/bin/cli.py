@@ -17,7 +17,7 @@ import time
 
 import click
 
-from ..data import CORPORA, CorpusError
+from ..data import CORPORA, CorpusError, FrameArrayError
 from ..deploy.export import export_model
 from ..deploy.measure import measure_model_dir
 from ..deploy.transcribe import main as transcribe_main
@@ -25,6 +25,7 @@ from ..distill.recipes import parse_select_candidates, recipe_overrides
 from ..experiment import Experiment
 from ..lang import LexiconError
 from ..nnet import parallel
+from ..nnet.checkpoint import CheckpointError
 from ..nnet.stream import FRAME_MODES
 from ..recipe import (DISTILL_EXPERIMENTS, stage_distill, stage_evaluate, stage_features, stage_gmm, stage_lang,
                       stage_prepare, stage_teachers)
@@ -39,6 +40,10 @@ log = logging.getLogger("asr_distill")
 def cli(verbose: bool) -> None:
     """asr-distill: ensemble -> student distillation for hybrid HMM-DNN ASR, scored with a WFST decoder."""
     setup_logging(verbose)
+
+
+# Errors whose message names the file, utterance or stage at fault: shown as such, not as a traceback.
+USER_ERRORS = (FileNotFoundError, CorpusError, LexiconError, CheckpointError, FrameArrayError)
 
 
 def stage_command(stage: str, distributed: bool = False):
@@ -65,7 +70,10 @@ def stage_command(stage: str, distributed: bool = False):
                 t0 = time.time()
                 log.info("stage %s: start%s", stage,
                          f" ({parallel.world_size()} processes)" if parallel.is_distributed() else "")
-                info = fn(exp, **kwargs) or {}
+                try:
+                    info = fn(exp, **kwargs) or {}
+                except USER_ERRORS as e:  # input or an earlier stage's output is wrong: say which, no traceback
+                    raise click.ClickException(f"stage {stage}: {e}") from None
                 parallel.barrier()
                 if parallel.is_main():
                     exp.mark_done(stage, {"seconds": round(time.time() - t0, 1),

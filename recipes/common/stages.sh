@@ -31,7 +31,12 @@ lang_args=(${extra_lang_args:-})
 
 # --help: the recipe's own header, then the shared options and stages above
 usage() { sed -n '2,/^[^#]/{/^#/p}' "$0"; sed -n '6,/^set -euo/{/^#/p}' "${BASH_SOURCE[0]}"; exit 1; }
+die() { echo "$(basename "$0"): $*" >&2; exit 1; }
 while [ $# -gt 0 ]; do
+  case "$1" in
+    --download|--force|-h|--help) ;;
+    -*) [ $# -ge 2 ] || die "option $1 needs a value";;
+  esac
   case "$1" in
     --corpus-dir) corpus_dir=$2; shift 2;;
     --train-dir|--dev-dir|--test-dir|--dev-speakers|--test-speakers) prepare_args+=("$1" "$2"); shift 2;;
@@ -53,6 +58,13 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; usage;;
   esac
 done
+
+# Validate before any work: a stage range that selects nothing, or is not made of numbers, is an error.
+for v in stage stop_stage; do
+  [[ "${!v}" =~ ^[0-9]+$ ]] && [ "${!v}" -le 8 ] || die "--${v//_/-} ${!v}: expected a stage number 0-8"
+done
+[ "$stage" -le "$stop_stage" ] || die "--stage $stage is after --stop-stage $stop_stage: nothing would run"
+case "$frames" in auto|resident|stream) ;; *) die "--frames $frames: expected auto, resident or stream";; esac
 
 # The recipes run in the environment `make demo` / `make test` create.
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
