@@ -107,3 +107,25 @@ def test_a_stage_before_its_inputs_names_the_missing_stage(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "run stage 'gmm'" in proc.stderr and "cuts_train.jsonl.gz" in proc.stderr
     assert not (tmp_path / ".done" / "teachers").exists()
+
+
+def test_finished_stages_refuse_new_options_and_a_redo_invalidates_later_stages(small_corpus, tmp_path):
+    exp_dir = tmp_path / "exp"
+    base = ["--exp-dir", str(exp_dir), "--corpus-dir", str(small_corpus.root)]
+
+    def run(*args):
+        return subprocess.run(_asr_distill() + list(args), env=_env(), capture_output=True, text=True, timeout=300)
+
+    assert run("prepare", *base).returncode == 0
+    assert run("features", "--exp-dir", str(exp_dir)).returncode == 0
+    # the same options again: skipped; other options: refused by name, not silently ignored
+    again = run("prepare", *base)
+    assert again.returncode == 0 and "already done" in again.stderr
+    other = run("prepare", *base[:2], "--corpus-dir", str(tmp_path / "nonexistent"))
+    assert other.returncode == 2 and "corpus_dir" in other.stderr and "--force" in other.stderr
+    assert "Traceback" not in other.stderr
+    # redoing stage 0 leaves stage 1 to be redone: its features came from the old manifests
+    assert run("prepare", *base, "--force", "--dev-fraction", "0.5").returncode == 0
+    assert not (exp_dir / ".done" / "features").exists()
+    redo = run("features", "--exp-dir", str(exp_dir))
+    assert redo.returncode == 0 and "stage features: start" in redo.stderr

@@ -179,10 +179,12 @@ def _corrupt(case: str, corpus):
         lines = [f"<s> {t} </s> ({uid(f)})" for f, t in tr] + [f"<s> {tr[2][1]} </s> ({uid(tr[2][0])})"]
         corpus.write_lists(transcripts={"train": lines})
         return uid(tr[2][0]), "duplicate utterance id in an4_train.transcription", set()
-    if case == "unexpected_sample_rate":
-        audio, _ = sf.read(corpus.audio(tr[1][0]), dtype="int16")
-        sf.write(corpus.audio(tr[1][0]), audio[::2], 8000)
-        return uid(tr[1][0]), "unexpected sample rate 8000 Hz", {uid(tr[1][0])}
+    if case == "non_utf8_transcript":
+        path = corpus.root / "etc" / "an4_train.transcription"
+        lines = path.read_bytes().splitlines()
+        lines[1] = lines[1].replace(b"<s> ", b"<s> \xff", 1)  # a Latin-1 byte where UTF-8 is expected
+        path.write_bytes(b"\n".join(lines) + b"\n")
+        return uid(tr[1][0]), "not UTF-8 text (byte 0xff at an4_train.transcription line 2", {uid(tr[1][0])}
     if case == "train_test_overlap":
         # the same utterance id in the test list (a copy of the audio under the test directory)
         fid = tr[0][0]
@@ -198,7 +200,7 @@ def _corrupt(case: str, corpus):
 
 
 BAD_CASES = ["unreadable_audio", "truncated_audio", "missing_audio", "missing_transcript", "extra_transcript",
-             "empty_text", "duplicate_fileid", "duplicate_transcript", "unexpected_sample_rate", "train_test_overlap"]
+             "empty_text", "duplicate_fileid", "duplicate_transcript", "non_utf8_transcript", "train_test_overlap"]
 
 
 def test_small_corpus_is_clean(small_corpus, tmp_path):
@@ -257,3 +259,15 @@ def test_several_problems_are_all_listed(small_corpus, tmp_path):
         prepare_an4(small_corpus.root, tmp_path / "out")
     msg = str(ei.value)
     assert "2 problem(s)" in msg and "unreadable audio" in msg and "audio file missing" in msg
+
+
+def test_audio_at_another_rate_is_resampled_not_refused(small_corpus, tmp_path):
+    """An 8 kHz file in the AN4 layout: accepted, and its cut resampled to 16 kHz like every other corpus's."""
+    fid = small_corpus.train[1][0]
+    audio, _ = sf.read(small_corpus.audio(fid), dtype="int16")
+    sf.write(small_corpus.audio(fid), audio[::2], 8000)
+    cutsets = prepare_an4(small_corpus.root, tmp_path / "out")
+    cut = next(c for s in SPLITS for c in cutsets[s] if c.id == small_corpus.uid(fid))
+    assert cut.sampling_rate == 16000 and cut.recording.sampling_rate == 16000
+    assert abs(cut.load_audio().shape[1] - len(audio)) <= 16  # the duration kept
+    assert not (tmp_path / "out" / "bad_utterances.txt").exists()

@@ -286,3 +286,42 @@ def test_two_process_run_interrupted_and_resumed_ends_where_an_uninterrupted_one
             assert torch.equal(v, resumed[r]["state"][k]), (r, k)
     assert resumed[1]["written"] == []  # the relaunch, too, wrote only from rank 0
     assert len((tmp_path / "split" / "log.csv").read_text().splitlines()) == 1 + 2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# (c) the streaming frame path under torchrun: each rank streams its own shard
+
+def _stream_worker(rank: int, world: int, exp_dir: str, out_dir: str, report: str) -> None:
+    from asr_distill.experiment import Experiment
+    from asr_distill.nnet.stream import FrameStream, open_frames
+    from asr_distill.nnet.train import TrainConfig, train_model
+
+    exp = Experiment(exp_dir)
+    train, _ = open_frames(exp.frame_source("train"), LEFT, RIGHT, shard=(rank, world), mode="stream",
+                           chunk_frames=3000)
+    dev, _ = open_frames(exp.frame_source("dev"), LEFT, RIGHT, mode="stream")
+    assert isinstance(train, FrameStream) and isinstance(dev, FrameStream)
+    model = _model(exp)
+    summary = train_model(model, train, dev, TrainConfig(**TRAIN, seed=7), out_dir, progress=False)
+    torch.save({"summary": summary, "state": model.state_dict(), "frames": train.num_frames,
+                "utts": [u for u, _, _ in train.utterances()]}, Path(report) / f"rank{rank}.pt")
+
+
+def test_two_process_streaming_shards_the_stream(exp, tmp_path):
+    """2 ranks on the streaming path: disjoint shards covering the training set, every rank streaming only its
+    own, gradients averaged (identical weights on both ranks), and a model that learns."""
+    from conftest import load_frames
+
+    report = tmp_path / "report"
+    report.mkdir()
+    _launch(_stream_worker, str(exp.dir), str(tmp_path / "out"), str(report))
+    ranks = [torch.load(report / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    train = load_frames(exp, "train", LEFT, RIGHT)
+    assert sorted(ranks[0]["utts"] + ranks[1]["utts"]) == sorted(train.utt_ids)
+    assert not set(ranks[0]["utts"]) & set(ranks[1]["utts"])
+    assert ranks[0]["frames"] + ranks[1]["frames"] == train.num_frames == ranks[0]["summary"]["train_frames"]
+    for k, v in ranks[0]["state"].items():
+        assert torch.equal(v, ranks[1]["state"][k]), k
+    labels = load_frames(exp, "dev", LEFT, RIGHT).labels.numpy()
+    chance = 100.0 * np.bincount(labels).max() / len(labels)
+    assert ranks[0]["summary"]["best_dev_acc"] > chance + 15.0

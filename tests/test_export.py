@@ -6,6 +6,7 @@ against the training path: Lhotse's own fbank + numpy CMVN + ``splice_utterance`
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -274,3 +275,23 @@ def test_cli_export(exp, trained, tmp_path):
     bad = subprocess.run([str(exe), "export", "--exp-dir", str(exp.dir), "--system", "no-such-system",
                           "--out-dir", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "no-such-system" in bad.stderr
+
+
+def test_same_stem_inputs_are_named_by_path_and_a_corrupt_model_is_named(model_dir, test_audio, tmp_path):
+    from asr_distill.deploy.transcribe import main, transcribe
+
+    u = sorted(test_audio)[0]
+    wave, sr = sf.read(test_audio[u], dtype="float32")
+    (tmp_path / "a").mkdir()
+    sf.write(tmp_path / "a" / "good.wav", wave, sr)
+    shutil.copyfile(test_audio[u], tmp_path / "a" / "good.flac")
+    paths = [tmp_path / "a" / "good.wav", tmp_path / "a" / "good.flac"]
+    hyps, failed = transcribe(model_dir, paths, out=io.StringIO())
+    assert not failed and sorted(hyps) == sorted(str(p) for p in paths)  # not both printed as "good"
+    broken = tmp_path / "broken-model"
+    shutil.copytree(model_dir, broken)
+    (broken / "model.onnx").write_bytes(b"this is not an ONNX model")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["--model-dir", str(broken), str(paths[0])]) == 2
+    assert str(broken) in err.getvalue() and "Traceback" not in err.getvalue()

@@ -44,6 +44,34 @@ def cli(verbose: bool) -> None:
 
 # Errors whose message names the file, utterance or stage at fault: shown as such, not as a traceback.
 USER_ERRORS = (FileNotFoundError, CorpusError, LexiconError, CheckpointError, FrameArrayError)
+# The stages in recipe order: redoing one leaves every later one to be redone (its outputs came from the old ones).
+STAGE_ORDER = ("prepare", "features", "lang", "gmm", "teachers", "evaluate", "distill")
+# Options that change how a stage runs, not what it makes: a finished stage is not redone for them.
+RUN_OPTIONS = {"jobs", "device", "frames"}
+
+
+def _stage_options(kwargs: dict) -> dict:
+    """The options that define a stage's outputs, as plain JSON (what its marker records)."""
+    return json.loads(json.dumps({k: v for k, v in kwargs.items() if k not in RUN_OPTIONS}, default=str))
+
+
+def _check_finished(exp: Experiment, stage: str, options: dict) -> None:
+    """A finished stage asked again with other options: refuse rather than silently keep the old outputs."""
+    recorded = json.loads(exp.marker(stage).read_text()).get("options")
+    if recorded is None or recorded == options:  # markers from before options were recorded: trusted
+        return
+    changed = {k: (recorded.get(k), v) for k, v in options.items() if recorded.get(k) != v}
+    raise click.UsageError(f"stage {stage} finished in {exp.dir} with other options "
+                           f"({', '.join(f'{k}: {a!r} then, {b!r} now' for k, (a, b) in changed.items())}); "
+                           f"pass --force to redo it with these")
+
+
+def _invalidate_later(exp: Experiment, stage: str) -> None:
+    for later in STAGE_ORDER[STAGE_ORDER.index(stage) + 1:]:
+        if exp.done(later):
+            log.info("stage %s will need redoing: its inputs are being remade (marker %s removed)", later,
+                     exp.marker(later))
+            exp.marker(later).unlink()
 
 
 def stage_command(stage: str, distributed: bool = False):
@@ -64,9 +92,13 @@ def stage_command(stage: str, distributed: bool = False):
                 logging.getLogger("asr_distill").setLevel(logging.WARNING)  # one log, rank 0's
             try:
                 exp = Experiment(exp_dir, corpus)
+                options = _stage_options(kwargs)
                 if parallel.broadcast_object(exp.done(stage) and not force):
+                    _check_finished(exp, stage, options)
                     log.info("stage %s: already done (%s); --force to redo", stage, exp.marker(stage))
                     return
+                if parallel.is_main():
+                    _invalidate_later(exp, stage)
                 t0 = time.time()
                 log.info("stage %s: start%s", stage,
                          f" ({parallel.world_size()} processes)" if parallel.is_distributed() else "")
@@ -76,7 +108,7 @@ def stage_command(stage: str, distributed: bool = False):
                     raise click.ClickException(f"stage {stage}: {e}") from None
                 parallel.barrier()
                 if parallel.is_main():
-                    exp.mark_done(stage, {"seconds": round(time.time() - t0, 1),
+                    exp.mark_done(stage, {"seconds": round(time.time() - t0, 1), "options": options,
                                           **(info if isinstance(info, dict) else {})})
                 log.info("stage %s: done in %.0f s", stage, time.time() - t0)
             finally:

@@ -17,7 +17,8 @@ from typing import Dict, List, Optional, Tuple
 from lhotse import CutSet
 
 from ..utils import Pathlike
-from .corpus import BadItem, CorpusError, Utterance, check_audio, report_bad, speaker_disjoint_split, write_splits
+from .corpus import (TARGET_RATE, BadItem, CorpusError, Utterance, check_audio, report_bad, speaker_disjoint_split,
+                     write_splits)
 
 __all__ = ["read_an4", "prepare_an4", "AUDIO_EXTENSIONS"]
 
@@ -27,21 +28,34 @@ AUDIO_EXTENSIONS = (".sph", ".flac", ".wav")
 _TRANS_RE = re.compile(r"^(?P<text>.*?)\s*\((?P<id>[^()\s]+)\)\s*$")
 
 
-def _read_transcription(path: Path, bad: List[BadItem]) -> Dict[str, str]:
-    texts: Dict[str, str] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+def _decode_line(raw: bytes, path: Path, lineno: int) -> Tuple[str, Optional[str]]:
+    """(text, problem): a line that is not UTF-8 is decoded with replacement characters and its problem named."""
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        return raw.decode("utf-8", errors="replace"), (f"transcript is not UTF-8 text (byte {raw[e.start]:#04x} "
+                                                       f"at {path.name} line {lineno}, column {e.start + 1})")
+
+
+def _read_transcription(path: Path, bad: List[BadItem]) -> Dict[str, Optional[str]]:
+    """utt id -> words; None for an utterance whose line is unreadable (reported here, once)."""
+    texts: Dict[str, Optional[str]] = {}
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), 1):
+        line, problem = _decode_line(raw, path, lineno)
         if not line.strip():
             continue
         m = _TRANS_RE.match(line)
         if not m:
-            bad.append(BadItem(f"{path.name}:{lineno}", f"cannot parse transcription line {line!r}"))
+            bad.append(BadItem(f"{path.name}:{lineno}", problem or f"cannot parse transcription line {line!r}"))
             continue
         uid = m.group("id")
         words = [w for w in m.group("text").split() if w not in ("<s>", "</s>", "<sil>")]
         if uid in texts:
             bad.append(BadItem(uid, f"duplicate utterance id in {path.name}"))
             continue
-        texts[uid] = " ".join(words)
+        if problem:
+            bad.append(BadItem(uid, problem))
+        texts[uid] = None if problem else " ".join(words)
     return texts
 
 
@@ -53,9 +67,9 @@ def _find_audio(wav_dir: Path, fileid: str) -> Optional[Path]:
     return None
 
 
-def read_an4(corpus_dir: Pathlike, part: str, sampling_rate: int = 16000,
-             check_audio_files: bool = True) -> Tuple[List[Utterance], List[BadItem]]:
-    """Read and validate one AN4 part (``train`` or ``test``); returns the good utterances and the problems."""
+def read_an4(corpus_dir: Pathlike, part: str, check_audio_files: bool = True) -> Tuple[List[Utterance], List[BadItem]]:
+    """Read and validate one AN4 part (``train`` or ``test``); returns the good utterances and the problems.  Audio
+    at any sample rate is accepted (the manifests resample it: :func:`prepare_an4`)."""
     corpus_dir = Path(corpus_dir)
     etc, wav = corpus_dir / "etc", corpus_dir / "wav"
     fileids_path = etc / f"an4_{part}.fileids"
@@ -67,7 +81,7 @@ def read_an4(corpus_dir: Pathlike, part: str, sampling_rate: int = 16000,
     texts = _read_transcription(trans_path, bad)
     seen: set = set()
     utts: List[Utterance] = []
-    fileids = [line.strip() for line in fileids_path.read_text().splitlines() if line.strip()]
+    fileids = [line.strip() for line in fileids_path.read_text(errors="replace").splitlines() if line.strip()]
     for fileid in fileids:
         uid = Path(fileid).name
         if uid in seen:
@@ -81,12 +95,14 @@ def read_an4(corpus_dir: Pathlike, part: str, sampling_rate: int = 16000,
         if uid not in texts:
             bad.append(BadItem(uid, f"no transcript in {trans_path.name} for {audio}"))
             continue
+        if texts[uid] is None:  # an unreadable transcript line, already reported
+            continue
         if not texts[uid]:
             bad.append(BadItem(uid, "empty transcript"))
             continue
-        n, sr = 0, sampling_rate
+        n, sr = 0, 0
         if check_audio_files:
-            problem, n, sr = check_audio(audio, sampling_rate)
+            problem, n, sr = check_audio(audio, None)
             if problem:
                 bad.append(BadItem(str(audio), problem))
                 continue
@@ -99,12 +115,13 @@ def read_an4(corpus_dir: Pathlike, part: str, sampling_rate: int = 16000,
 
 
 def prepare_an4(corpus_dir: Pathlike, output_dir: Pathlike, skip_bad: bool = False, dev_fraction: float = 0.1,
-                sampling_rate: int = 16000) -> Dict[str, "CutSet"]:
-    """Validate AN4 and write ``{train,dev,test}`` cut manifests (``.jsonl.gz``)."""
+                sampling_rate: int = TARGET_RATE) -> Dict[str, CutSet]:
+    """Validate AN4 and write ``{train,dev,test}`` cut manifests (``.jsonl.gz``), resampled to ``sampling_rate``
+    where the audio has another rate (8 kHz copies of AN4 exist)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    train, bad_train = read_an4(corpus_dir, "train", sampling_rate)
-    test, bad_test = read_an4(corpus_dir, "test", sampling_rate)
+    train, bad_train = read_an4(corpus_dir, "train")
+    test, bad_test = read_an4(corpus_dir, "test")
     bad = bad_train + bad_test
     train_ids, test_ids = {u.utt_id for u in train}, {u.utt_id for u in test}
     overlap = train_ids & test_ids
@@ -114,4 +131,4 @@ def prepare_an4(corpus_dir: Pathlike, output_dir: Pathlike, skip_bad: bool = Fal
     test = [u for u in test if u.utt_id not in overlap]
     train = [u for u in train if u.utt_id not in overlap]
     train, dev = speaker_disjoint_split(train, dev_fraction)
-    return write_splits({"train": train, "dev": dev, "test": test}, output_dir, corpus_dir)
+    return write_splits({"train": train, "dev": dev, "test": test}, output_dir, corpus_dir, sampling_rate)

@@ -8,7 +8,8 @@ anywhere.
     python -m asr_distill.deploy.transcribe --model-dir DIR [--int8] [--backend onnx|torchscript] AUDIO...
     asr-distill transcribe --model-dir DIR [--int8] AUDIO...
 
-prints ``utt-id<TAB>words`` per file (utt-id = the file's stem).  A file that cannot be read or decoded is reported
+prints ``utt-id<TAB>words`` per file (utt-id = the file's stem, or its path where two inputs share a stem).  A
+file that cannot be read or decoded is reported
 on stderr with its name; the others are still transcribed and the exit status is 1 at the end.
 
 Audio: any format libsndfile reads (.wav, .flac, .sph, ...), any sample rate (resampled to 16 kHz with a windowed-sinc
@@ -145,7 +146,8 @@ def transcribe(model_dir, audio_paths: Sequence, use_int8: bool = False, backend
     tr = Transcriber(model_dir, use_int8, backend, num_threads)
     hyps: Dict[str, List[str]] = {}
     failed: List[Tuple[str, str]] = []
-    for path in audio_paths:
+    stems = [Path(p).stem for p in audio_paths]
+    for path, stem in zip(audio_paths, stems):
         try:
             words = tr(path)
         except Exception as e:  # unreadable / corrupt / empty audio: report it, go on with the next file
@@ -153,7 +155,7 @@ def transcribe(model_dir, audio_paths: Sequence, use_int8: bool = False, backend
             print(f"transcribe: error: {path}: {msg}", file=err, flush=True)
             failed.append((str(path), msg))
             continue
-        utt = Path(path).stem
+        utt = stem if stems.count(stem) == 1 else str(path)  # good.wav and good.flac: name each by its path
         hyps[utt] = words
         print(f"{utt}\t{' '.join(words)}", file=out, flush=True)
     return hyps, failed
@@ -171,6 +173,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _, failed = transcribe(a.model_dir, a.audio, a.int8, a.backend, num_threads=a.num_threads)
     except (FileNotFoundError, ValueError) as e:
         print(f"transcribe: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a damaged model file: onnxruntime / torch / kaldifst raise their own types
+        print(f"transcribe: error: cannot load the model directory {a.model_dir} ({type(e).__name__}: "
+              f"{str(e).strip()[:300]})", file=sys.stderr)
         return 2
     if failed:
         print(f"transcribe: {len(failed)} of {len(a.audio)} file(s) failed", file=sys.stderr)
