@@ -21,9 +21,12 @@ marker) is redone from its start.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 from lhotse import CutSet
@@ -34,9 +37,13 @@ from .decode.priors import log_priors_from_counts
 from .nnet.frame_data import FrameSource
 from .utils import Pathlike, read_json, write_json
 
-__all__ = ["Experiment", "SPLITS"]
+__all__ = ["Experiment", "ExperimentBusy", "SPLITS"]
 
 SPLITS = ("train", "dev", "test")
+
+
+class ExperimentBusy(RuntimeError):
+    """Another process holds the experiment directory."""
 
 
 class Experiment:
@@ -59,6 +66,27 @@ class Experiment:
 
     def mark_done(self, stage: str, info: Optional[dict] = None) -> None:
         write_json({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), **(info or {})}, self.marker(stage))
+
+    @contextlib.contextmanager
+    def lock(self, what: str) -> Iterator[None]:
+        """Hold ``EXP/.lock`` (an advisory ``flock``) while ``what`` runs; another process asking meanwhile gets
+        :class:`ExperimentBusy` naming the holder, rather than two runs rewriting one directory.  The kernel
+        releases the lock when its process dies, so an interrupted run leaves nothing to clean up."""
+        with open(self.dir / ".lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                raise ExperimentBusy(f"{self.dir} is in use by another asr-distill ({f.read().strip() or 'unknown'})"
+                                     f"; wait for it to finish") from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()}: {what}, since {time.strftime('%H:%M:%S')}\n")
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     # -- stage 0-1: manifests and features --------------------------------------------------------------------
     @property

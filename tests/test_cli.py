@@ -129,3 +129,23 @@ def test_finished_stages_refuse_new_options_and_a_redo_invalidates_later_stages(
     assert not (exp_dir / ".done" / "features").exists()
     redo = run("features", "--exp-dir", str(exp_dir))
     assert redo.returncode == 0 and "stage features: start" in redo.stderr
+
+
+def test_a_second_run_on_a_busy_experiment_is_refused(small_corpus, tmp_path):
+    """While one process holds the experiment (here: this test, through the library's lock), a stage started on
+    the same directory stops at once, naming the holder, and writes nothing."""
+    from asr_distill.experiment import Experiment
+
+    exp = Experiment(tmp_path / "exp")
+    with exp.lock("a test holding it"):
+        proc = subprocess.run(_asr_distill() + ["prepare", "--exp-dir", str(exp.dir), "--corpus-dir",
+                                                str(small_corpus.root)], env=_env(), capture_output=True, text=True,
+                              timeout=120)
+    assert proc.returncode == 1 and "in use by another asr-distill" in proc.stderr
+    assert "a test holding it" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (exp.dir / "data").exists()
+    # released: the same command now runs
+    again = subprocess.run(_asr_distill() + ["prepare", "--exp-dir", str(exp.dir), "--corpus-dir",
+                                             str(small_corpus.root)], env=_env(), capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0, again.stderr

@@ -97,6 +97,23 @@ def test_resume_gives_identical_weights(exp, frames, trained, tmp_path):
                     progress=False)
 
 
+def test_a_truncated_checkpoint_is_moved_aside_and_training_starts_over(exp, frames, trained, tmp_path, caplog):
+    straight, _ = trained
+    _train(exp, frames, tmp_path, stop_after_epochs=1)
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # cut short, as by a full disk
+    with caplog.at_level("WARNING"):
+        done = _train(exp, frames, tmp_path)
+    assert done["epochs_run"] == 3 and done["finished"]
+    assert (tmp_path / "checkpoint.pt.unreadable").is_file()
+    assert any(str(ckpt) in r.getMessage() and "moved aside" in r.getMessage() for r in caplog.records)
+    # started over from epoch 1, so it ends where an uninterrupted run of the same seed does
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(ckpt, weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
 def test_checkpoints_load_with_weights_only(trained):
     out, _ = trained
     for name in ("checkpoint.pt", "best.pt"):

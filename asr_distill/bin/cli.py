@@ -8,6 +8,7 @@ redoes them); an interrupted stage has no marker and is redone from its start.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -22,7 +23,7 @@ from ..deploy.export import export_model
 from ..deploy.measure import measure_model_dir
 from ..deploy.transcribe import main as transcribe_main
 from ..distill.recipes import parse_select_candidates, recipe_overrides
-from ..experiment import Experiment
+from ..experiment import Experiment, ExperimentBusy
 from ..lang import LexiconError
 from ..nnet import parallel
 from ..nnet.checkpoint import CheckpointError
@@ -75,7 +76,8 @@ def _invalidate_later(exp: Experiment, stage: str) -> None:
 
 
 def stage_command(stage: str, distributed: bool = False):
-    """Wrap a stage: skip when done (unless --force), log its time, mark it done at the end.
+    """Wrap a stage: hold the experiment's lock (one writer at a time), skip when done (unless --force), log its
+    time, mark it done at the end.
 
     ``distributed``: the stage may run under torchrun; the wrapper joins the process group (backend from the
     command's ``--device``), makes every rank take rank 0's skip decision, quiets the other ranks' logs, and lets
@@ -92,25 +94,10 @@ def stage_command(stage: str, distributed: bool = False):
                 logging.getLogger("asr_distill").setLevel(logging.WARNING)  # one log, rank 0's
             try:
                 exp = Experiment(exp_dir, corpus)
-                options = _stage_options(kwargs)
-                if parallel.broadcast_object(exp.done(stage) and not force):
-                    _check_finished(exp, stage, options)
-                    log.info("stage %s: already done (%s); --force to redo", stage, exp.marker(stage))
-                    return
-                if parallel.is_main():
-                    _invalidate_later(exp, stage)
-                t0 = time.time()
-                log.info("stage %s: start%s", stage,
-                         f" ({parallel.world_size()} processes)" if parallel.is_distributed() else "")
-                try:
-                    info = fn(exp, **kwargs) or {}
-                except USER_ERRORS as e:  # input or an earlier stage's output is wrong: say which, no traceback
-                    raise click.ClickException(f"stage {stage}: {e}") from None
-                parallel.barrier()
-                if parallel.is_main():
-                    exp.mark_done(stage, {"seconds": round(time.time() - t0, 1), "options": options,
-                                          **(info if isinstance(info, dict) else {})})
-                log.info("stage %s: done in %.0f s", stage, time.time() - t0)
+                with exp.lock(f"stage {stage}") if parallel.is_main() else contextlib.nullcontext():
+                    _run_stage(exp, stage, fn, force, kwargs)
+            except ExperimentBusy as e:
+                raise click.ClickException(str(e)) from None
             finally:
                 if distributed:
                     parallel.shutdown()
@@ -118,6 +105,28 @@ def stage_command(stage: str, distributed: bool = False):
         return wrapper
 
     return deco
+
+
+def _run_stage(exp: Experiment, stage: str, fn, force: bool, kwargs: dict) -> None:
+    """Skip a finished stage (refusing changed options), else run it and mark it done."""
+    options = _stage_options(kwargs)
+    if parallel.broadcast_object(exp.done(stage) and not force):
+        _check_finished(exp, stage, options)
+        log.info("stage %s: already done (%s); --force to redo", stage, exp.marker(stage))
+        return
+    if parallel.is_main():
+        _invalidate_later(exp, stage)
+    t0 = time.time()
+    log.info("stage %s: start%s", stage, f" ({parallel.world_size()} processes)" if parallel.is_distributed() else "")
+    try:
+        info = fn(exp, **kwargs) or {}
+    except USER_ERRORS as e:  # input or an earlier stage's output is wrong: say which, no traceback
+        raise click.ClickException(f"stage {stage}: {e}") from None
+    parallel.barrier()
+    if parallel.is_main():
+        exp.mark_done(stage, {"seconds": round(time.time() - t0, 1), "options": options,
+                              **(info if isinstance(info, dict) else {})})
+    log.info("stage %s: done in %.0f s", stage, time.time() - t0)
 
 
 @cli.command()

@@ -21,6 +21,7 @@ import csv
 import itertools
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -135,7 +136,12 @@ def _resume(path: Path, run_config: dict, model: nn.Module, stepper: TrainStep, 
     """Rank 0 reads the checkpoint and sends it to the others: one view of "is there one" and of its contents."""
     ckpt = None
     if parallel.is_main() and path.exists():
-        ckpt = load_checkpoint(path, "cpu" if parallel.world_size() > 1 else device, "training checkpoint")
+        try:
+            ckpt = load_checkpoint(path, "cpu" if parallel.world_size() > 1 else device, "training checkpoint")
+        except CheckpointError as e:  # damaged (a full disk, a copy cut short): keep it for inspection, start over
+            aside = path.with_name(path.name + ".unreadable")
+            os.replace(path, aside)
+            log.warning("%s -- moved aside to %s; this run starts from epoch 1", str(e).split(";")[0], aside)
     ckpt = parallel.broadcast_object(ckpt)
     if ckpt is None:
         return None
