@@ -295,3 +295,17 @@ def test_same_stem_inputs_are_named_by_path_and_a_corrupt_model_is_named(model_d
     with contextlib.redirect_stderr(err):
         assert main(["--model-dir", str(broken), str(paths[0])]) == 2
     assert str(broken) in err.getvalue() and "Traceback" not in err.getvalue()
+
+
+def test_long_recordings_go_through_the_network_in_exact_pieces(model_dir, test_audio):
+    """The model run piece by piece (so that an hour of audio does not hold an hour of intermediate tensors) gives
+    the frames of one whole call: pieces far smaller than the recording, odd lengths, the last piece short."""
+    from asr_distill.deploy.transcribe import AcousticModel, chunked_loglikes, load_audio
+
+    wave = np.concatenate([load_audio(test_audio[u]) for u in sorted(test_audio)[:4]])[:-37]
+    model = AcousticModel(model_dir)
+    whole = model(wave)
+    for chunk in (97, 250):
+        pieces = chunked_loglikes(model, wave, chunk, margin_frames=LEFT + 2)
+        assert pieces.shape == whole.shape
+        np.testing.assert_allclose(pieces, whole, atol=1e-3)

@@ -31,7 +31,7 @@ import soundfile as sf
 from ..fst import invert_symbols, read_symbols, read_tid2pdf
 from .decoder import HclgDecoder, words_of
 
-__all__ = ["load_audio", "resample", "AcousticModel", "Transcriber", "transcribe", "main"]
+__all__ = ["load_audio", "resample", "AcousticModel", "chunked_loglikes", "Transcriber", "transcribe", "main"]
 
 SAMPLE_RATE = 16000
 
@@ -111,9 +111,32 @@ class AcousticModel:
             return self.module(torch.from_numpy(wave)).numpy()
 
 
+def chunked_loglikes(model, wave: np.ndarray, chunk_frames: int, margin_frames: int, frame_shift: int = 160,
+                     frame_length: int = 400) -> np.ndarray:
+    """``model(wave)`` computed piece by piece, so memory is bounded by a piece, not by the recording: each piece of
+    ``chunk_frames`` frames is run with ``margin_frames`` frames of audio on either side and only its own frames are
+    kept.  Exact wherever the model's frames depend only on nearby samples (fbank, global CMVN, splicing of fewer
+    than ``margin_frames - 1`` frames each side): a kept frame sees the very samples and neighbours it sees in one
+    call; only the discarded margins see a piece's edges."""
+    n = len(wave)
+    total = (n + frame_shift // 2) // frame_shift
+    if total <= chunk_frames + 2 * margin_frames:
+        return model(wave)
+    out = []
+    for start in range(0, total, chunk_frames):
+        end = min(total, start + chunk_frames)
+        a, b = max(0, start - margin_frames), min(total, end + margin_frames)
+        piece = wave[a * frame_shift:min(n, b * frame_shift + frame_length)]
+        out.append(model(piece)[start - a:end - a])
+    return np.concatenate(out)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 
 class Transcriber:
+    # Long recordings go through the network in pieces of this many frames (5 minutes) where that is exact.
+    CHUNK_FRAMES = 30_000
+
     def __init__(self, model_dir, use_int8: bool = False, backend: str = "onnx", num_threads: int = 1):
         self.model_dir = Path(model_dir)
         card_path = self.model_dir / "model_card.json"
@@ -128,7 +151,12 @@ class Transcriber:
         self.id2word = invert_symbols(read_symbols(self.model_dir / "words.txt"))
 
     def loglikes(self, path) -> np.ndarray:
-        return self.model(load_audio(path, self.sample_rate))
+        wave = load_audio(path, self.sample_rate)
+        if self.card.get("cmvn") != "global":  # per-utterance statistics need the whole recording at once
+            return self.model(wave)
+        context = self.card.get("context", {})
+        margin = max(int(context.get("left", 0)), int(context.get("right", 0))) + 2
+        return chunked_loglikes(self.model, wave, self.CHUNK_FRAMES, margin)
 
     def __call__(self, path) -> List[str]:
         return words_of(self.decoder.decode(self.loglikes(path)), self.id2word)
