@@ -102,6 +102,22 @@ def test_kaldi_dir_with_segments_and_pipes(kaldi_dirs, tmp_path):
     assert abs(audio[0, :400] - whole[800:1200]).max() < 1e-4
 
 
+def test_kaldi_tables_split_on_any_whitespace(kaldi_dirs, tmp_path):
+    """Kaldi's readers split a line at the first run of whitespace: a TAB after the utterance id, or several
+    spaces, are read as Kaldi reads them (these once rejected every utterance as "not in utt2spk")."""
+    import shutil
+
+    d = tmp_path / "train"
+    shutil.copytree(kaldi_dirs / "train", d)
+    for name, sep in (("text", "\t"), ("utt2spk", "  \t ")):
+        lines = [l.split(" ", 1) for l in (d / name).read_text().splitlines() if l.strip()]
+        (d / name).write_text("".join(f"{k}{sep}{v}\n" for k, v in lines))
+    utts, bad = read_kaldi_dir(d)
+    assert not bad and len(utts) == N_TRAIN
+    reference = {u.utt_id: (u.speaker, u.text) for u in read_kaldi_dir(kaldi_dirs / "train")[0]}
+    assert {u.utt_id: (u.speaker, u.text) for u in utts} == reference
+
+
 def test_kaldi_dir_problems_are_named(kaldi_dirs, tmp_path):
     import shutil
 
