@@ -68,7 +68,9 @@ def test_stages_4_to_6_through_the_library(exp, tmp_path, frames):
         train = json.loads((work.system_dir(name) / "config.json").read_text())["train"]
         assert train["loss"] == "distillation" and train["targets"] == source and train["T"] == 2.0
     assert json.loads((work.system_dir("baseline") / "config.json").read_text())["train"]["loss"] == "cross-entropy"
-    assert json.loads(work.results_path.read_text())["experiments"]["table1"] == table
+    stored = json.loads(work.results_path.read_text())["experiments"]["table1"]
+    # compared as JSON text: a recovered fraction is NaN when the ensemble does not beat the baseline (NaN != NaN)
+    assert json.dumps(stored, sort_keys=True) == json.dumps(table, sort_keys=True)
 
 
 def test_resident_and_streaming_training_agree_within_seed_noise(exp, tmp_path):
