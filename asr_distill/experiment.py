@@ -32,18 +32,24 @@ import numpy as np
 from lhotse import CutSet
 
 from .data.arrays import read_arrays_meta
-from .data.features import CmvnStats, load_normalised
+from .data.features import CmvnStats, load_features
 from .decode.priors import log_priors_from_counts
 from .nnet.frame_data import FrameSource
 from .utils import Pathlike, read_json, write_json
 
-__all__ = ["Experiment", "ExperimentBusy", "SPLITS"]
+__all__ = ["Experiment", "ExperimentBusy", "StageOptionsChanged", "SPLITS", "STAGE_ORDER"]
 
 SPLITS = ("train", "dev", "test")
+# The stages in recipe order: redoing one leaves every later one to be redone (its outputs came from the old ones).
+STAGE_ORDER = ("prepare", "features", "lang", "gmm", "teachers", "evaluate", "distill")
 
 
 class ExperimentBusy(RuntimeError):
     """Another process holds the experiment directory."""
+
+
+class StageOptionsChanged(RuntimeError):
+    """A finished stage asked again with options other than those it ran with."""
 
 
 class Experiment:
@@ -66,6 +72,24 @@ class Experiment:
 
     def mark_done(self, stage: str, info: Optional[dict] = None) -> None:
         write_json({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), **(info or {})}, self.marker(stage))
+
+    def check_finished_with(self, stage: str, options: dict) -> None:
+        """Raise :class:`StageOptionsChanged` naming them when finished ``stage`` ran with other ``options``
+        (a marker from before options were recorded is trusted)."""
+        recorded = read_json(self.marker(stage)).get("options")
+        if recorded is None or recorded == options:
+            return
+        changed = ", ".join(f"{k}: {recorded.get(k)!r} then, {v!r} now" for k, v in options.items()
+                            if recorded.get(k) != v)
+        raise StageOptionsChanged(f"stage {stage} finished in {self.dir} with other options ({changed}); pass "
+                                  f"--force to redo it with these")
+
+    def invalidate_after(self, stage: str) -> List[str]:
+        """Remove the markers of the stages after ``stage`` (their inputs are being remade); returns them."""
+        later = [s for s in STAGE_ORDER[STAGE_ORDER.index(stage) + 1:] if self.done(s)]
+        for s in later:
+            self.marker(s).unlink()
+        return later
 
     @contextlib.contextmanager
     def lock(self, what: str) -> Iterator[None]:
@@ -118,8 +142,7 @@ class Experiment:
 
     def features(self, kind: str, split: str) -> Dict[str, np.ndarray]:
         """CMVN-normalised features of one split, utterance id -> (frames, dim)."""
-        cmvn = self.cmvn(kind)
-        return {c.id: load_normalised(c, cmvn) for c in self.cuts(split, kind)}
+        return dict(zip(*load_features(self.cuts(split, kind), self.cmvn(kind))))
 
     # -- stage 2: lang --------------------------------------------------------------------------------------
     @property

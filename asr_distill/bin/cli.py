@@ -22,13 +22,14 @@ from ..data import CORPORA, CorpusError, FrameArrayError
 from ..deploy.export import export_model
 from ..deploy.measure import measure_model_dir
 from ..deploy.transcribe import main as transcribe_main
+from ..distill.experiments import check_experiments
 from ..distill.recipes import parse_select_candidates, recipe_overrides
-from ..experiment import Experiment, ExperimentBusy
+from ..experiment import Experiment, ExperimentBusy, StageOptionsChanged
 from ..lang import LexiconError
 from ..nnet import parallel
 from ..nnet.checkpoint import CheckpointError
 from ..nnet.stream import FRAME_MODES
-from ..recipe import (DISTILL_EXPERIMENTS, stage_distill, stage_evaluate, stage_features, stage_gmm, stage_lang,
+from ..recipe import (stage_distill, stage_evaluate, stage_features, stage_gmm, stage_lang,
                       stage_prepare, stage_teachers)
 from ..results import format_table, load_results
 from ..utils import setup_logging
@@ -45,8 +46,6 @@ def cli(verbose: bool) -> None:
 
 # Errors whose message names the file, utterance or stage at fault: shown as such, not as a traceback.
 USER_ERRORS = (FileNotFoundError, CorpusError, LexiconError, CheckpointError, FrameArrayError)
-# The stages in recipe order: redoing one leaves every later one to be redone (its outputs came from the old ones).
-STAGE_ORDER = ("prepare", "features", "lang", "gmm", "teachers", "evaluate", "distill")
 # Options that change how a stage runs, not what it makes: a finished stage is not redone for them.
 RUN_OPTIONS = {"jobs", "device", "frames"}
 
@@ -54,25 +53,6 @@ RUN_OPTIONS = {"jobs", "device", "frames"}
 def _stage_options(kwargs: dict) -> dict:
     """The options that define a stage's outputs, as plain JSON (what its marker records)."""
     return json.loads(json.dumps({k: v for k, v in kwargs.items() if k not in RUN_OPTIONS}, default=str))
-
-
-def _check_finished(exp: Experiment, stage: str, options: dict) -> None:
-    """A finished stage asked again with other options: refuse rather than silently keep the old outputs."""
-    recorded = json.loads(exp.marker(stage).read_text()).get("options")
-    if recorded is None or recorded == options:  # markers from before options were recorded: trusted
-        return
-    changed = {k: (recorded.get(k), v) for k, v in options.items() if recorded.get(k) != v}
-    raise click.UsageError(f"stage {stage} finished in {exp.dir} with other options "
-                           f"({', '.join(f'{k}: {a!r} then, {b!r} now' for k, (a, b) in changed.items())}); "
-                           f"pass --force to redo it with these")
-
-
-def _invalidate_later(exp: Experiment, stage: str) -> None:
-    for later in STAGE_ORDER[STAGE_ORDER.index(stage) + 1:]:
-        if exp.done(later):
-            log.info("stage %s will need redoing: its inputs are being remade (marker %s removed)", later,
-                     exp.marker(later))
-            exp.marker(later).unlink()
 
 
 def stage_command(stage: str, distributed: bool = False):
@@ -111,11 +91,15 @@ def _run_stage(exp: Experiment, stage: str, fn, force: bool, kwargs: dict) -> No
     """Skip a finished stage (refusing changed options), else run it and mark it done."""
     options = _stage_options(kwargs)
     if parallel.broadcast_object(exp.done(stage) and not force):
-        _check_finished(exp, stage, options)
+        try:
+            exp.check_finished_with(stage, options)
+        except StageOptionsChanged as e:
+            raise click.UsageError(str(e)) from None
         log.info("stage %s: already done (%s); --force to redo", stage, exp.marker(stage))
         return
     if parallel.is_main():
-        _invalidate_later(exp, stage)
+        for later in exp.invalidate_after(stage):
+            log.info("stage %s will need redoing: its inputs are being remade", later)
     t0 = time.time()
     log.info("stage %s: start%s", stage, f" ({parallel.world_size()} processes)" if parallel.is_distributed() else "")
     try:
@@ -296,10 +280,10 @@ def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experimen
             freq_mask, select_candidates, device, frames, epochs, batch_size, lr, weight_decay, patience):
     """Stage 6: hard-label baseline and distilled student(s); optional paper experiments."""
     names = [e.strip() for e in experiments.split(",") if e.strip()]
-    unknown = sorted(set(names) - set(DISTILL_EXPERIMENTS))
-    if unknown:
-        raise click.BadParameter(f"unknown {', '.join(unknown)}; choose from {', '.join(DISTILL_EXPERIMENTS)}",
-                                 param_hint="--experiments")
+    try:
+        check_experiments(names)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--experiments") from None
     try:
         candidates = parse_select_candidates(select_candidates) if select_candidates else None
     except ValueError as e:

@@ -21,11 +21,17 @@ from lhotse.features.io import NumpyFilesWriter
 
 from ..utils import Pathlike, atomic_path, read_json, write_json
 
-__all__ = ["attach_frame_arrays", "FrameArrayError", "write_arrays_meta", "read_arrays_meta"]
+__all__ = ["attach_frame_arrays", "FrameArrayError", "check_frames", "write_arrays_meta", "read_arrays_meta"]
 
 
 class FrameArrayError(ValueError):
     """A per-frame array that does not fit its cut (wrong number of frames)."""
+
+
+def check_frames(utt_id: str, name: str, array_frames: int, feature_frames: int) -> None:
+    """Raise :class:`FrameArrayError` naming the utterance when a per-frame array does not match its features."""
+    if array_frames != feature_frames:
+        raise FrameArrayError(f"utterance {utt_id}: {name} has {array_frames} frames, the features {feature_frames}")
 
 
 def attach_frame_arrays(items: Iterable[Tuple[object, Mapping[str, np.ndarray]]], storage_dir: Pathlike,
@@ -42,9 +48,7 @@ def attach_frame_arrays(items: Iterable[Tuple[object, Mapping[str, np.ndarray]]]
     with atomic_path(manifest_path) as tmp, CutSet.open_writer(tmp) as out:
         for cut, fields in items:
             for name, value in fields.items():
-                if len(value) != cut.num_frames:
-                    raise FrameArrayError(f"utterance {cut.id}: {name} has {len(value)} frames, the features "
-                                          f"{cut.num_frames}")
+                check_frames(cut.id, name, len(value), cut.num_frames)
                 stored = writer.store_array(f"{cut.id}.{name}", np.ascontiguousarray(value),
                                             frame_shift=cut.frame_shift, temporal_dim=0)
                 cut = cut.with_custom(name, stored)

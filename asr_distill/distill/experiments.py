@@ -26,7 +26,7 @@ from .plots import plot_compression, plot_sweep
 from .recipes import SELECT_PAIRS, SELECT_RECIPES, hidden_for_params, student_dir
 from .runner import DistillRunner
 
-__all__ = ["DistillSettings", "EXPERIMENTS", "run_experiments"]
+__all__ = ["DistillSettings", "EXPERIMENTS", "check_experiments", "run_experiments"]
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +148,13 @@ EXPERIMENTS: Dict[str, Callable[[DistillRunner, DistillSettings], object]] = {
     "compression": run_compression}
 
 
-def run_experiments(run: DistillRunner, names: Sequence[str], settings: DistillSettings) -> Dict[str, object]:
+def check_experiments(names: Sequence[str]) -> None:
+    """Refuse, naming them, experiment names that are not in :data:`EXPERIMENTS` (a typo must not do nothing)."""
     unknown = sorted(set(names) - set(EXPERIMENTS))
     if unknown:
         raise ValueError(f"unknown stage-6 experiment(s) {', '.join(unknown)}: choose from {', '.join(EXPERIMENTS)}")
+
+
+def run_experiments(run: DistillRunner, names: Sequence[str], settings: DistillSettings) -> Dict[str, object]:
+    check_experiments(names)
     return {name: fn(run, settings) for name, fn in EXPERIMENTS.items() if name in names}

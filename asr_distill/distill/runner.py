@@ -18,6 +18,7 @@ from ..decode.scorer import Scorer
 from ..experiment import Experiment
 from ..nnet import parallel
 from ..nnet.checkpoint import load_model
+from ..nnet.frame_data import load_topk_targets
 from ..nnet.frames import FrameSet
 from ..nnet.inference import frame_accuracy, log_posteriors
 from ..nnet.models import build_model, count_parameters
@@ -96,11 +97,16 @@ class DistillRunner:
             write_topk_cuts(stack, full, self.exp.frame_source("train").cuts(), T, k, manifest.parent / "arrays",
                             manifest, mean=self.mean)
         parallel.barrier()
-        frames, topk = self._open("train", self.shard, manifest)
-        meta = self.exp.frame_source("train", manifest).topk_meta
-        if topk is None:  # streaming: the stream carries the targets
-            return (frames, None), meta
-        return (frames, TopKCache(topk[0], topk[1], dict(meta))), meta
+        source = self.exp.frame_source("train", manifest)
+        train = self.frames["train"]
+        if not isinstance(train, FrameSet):  # streaming: a stream over the cuts with targets carries them
+            stream, _ = open_frames(source, self.left, self.right, self.device, self.shard, mode="stream")
+            return (stream, None), source.topk_meta
+        # resident: the frames already held, and only the targets read (same manifest order and shard)
+        ids, (values, indices) = load_topk_targets(source, self.shard)
+        if ids != train.utt_ids:
+            raise ValueError(f"{manifest}: its utterances differ from the training frames'; remove it to recompute")
+        return (train, TopKCache(values, indices, dict(source.topk_meta))), source.topk_meta
 
     def frame_acc(self, model: nn.Module, split: str = "test") -> float:
         if not self.main:
@@ -113,7 +119,3 @@ class DistillRunner:
                     "wer": float("nan")}
         post: Dict[str, Dict] = {s: log_posteriors(model, self.frames[s]) for s in ("dev", "test")}
         return self.scorer.evaluate_posteriors(name, kind, post, count_parameters(model), extra)
-
-    @property
-    def resident(self) -> bool:
-        return isinstance(self.frames["train"], FrameSet)

@@ -15,17 +15,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 from lhotse import CutSet
 
+from ..data.arrays import check_frames
 from ..data.features import CmvnStats, load_normalised
 from .frames import FrameSet
 from .parallel import shard_utterances
 
-__all__ = ["FrameSource", "Utterance", "load_frame_set", "frame_subset_mask", "shard_indices", "TopKTensors"]
+__all__ = ["FrameSource", "Utterance", "load_frame_set", "load_topk_targets", "frame_subset_mask", "shard_indices", "TopKTensors"]
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,11 @@ class FrameSource:
         utt = Utterance(cut.id, index, load_normalised(cut, self.cmvn))
         if self.label_field is not None:
             utt.labels = cut.load_custom(self.label_field).astype(np.int64)
-            _check_frames(cut.id, self.label_field, utt.labels, utt.feats)
+            check_frames(cut.id, self.label_field, len(utt.labels), len(utt.feats))
         if self.topk:
             utt.topk_values = cut.load_custom("topk_values")
             utt.topk_indices = cut.load_custom("topk_indices")
-            _check_frames(cut.id, "topk_values", utt.topk_values, utt.feats)
+            check_frames(cut.id, "topk_values", len(utt.topk_values), len(utt.feats))
         return utt
 
     def utterances(self, keep: Optional[np.ndarray] = None) -> Iterator[Utterance]:
@@ -90,11 +91,6 @@ class FrameSource:
         for i, cut in enumerate(self.cuts()):
             if wanted is None or i in wanted:
                 yield self.read(cut, i)
-
-
-def _check_frames(utt_id: str, name: str, arr: np.ndarray, feats: np.ndarray) -> None:
-    if len(arr) != len(feats):
-        raise ValueError(f"utterance {utt_id}: {name} has {len(arr)} frames, the features {len(feats)}")
 
 
 def frame_subset_mask(seed: int, utt_index: int, num_frames: int, fraction: float) -> Optional[np.ndarray]:
@@ -127,3 +123,18 @@ def load_frame_set(source: FrameSource, left: int, right: int, device="cpu",
         topk = (torch.from_numpy(np.concatenate([u.topk_values for u in utts])),
                 torch.from_numpy(np.concatenate([u.topk_indices for u in utts])))
     return frames, topk
+
+
+def load_topk_targets(source: FrameSource, shard: Optional[Tuple[int, int]] = None
+                      ) -> Tuple[List[str], TopKTensors]:
+    """The top-k soft targets of the (shard's) utterances, in manifest order, without reading their features:
+    ``(utterance ids, (values, indices))``, rows aligned with :func:`load_frame_set`'s frames of the same shard."""
+    keep = set(int(i) for i in shard_indices(source, shard))
+    ids, values, indices = [], [], []
+    for i, cut in enumerate(source.cuts()):
+        if i in keep:
+            ids.append(cut.id)
+            values.append(cut.load_custom("topk_values"))
+            indices.append(cut.load_custom("topk_indices"))
+            check_frames(cut.id, "topk_values", len(values[-1]), cut.num_frames)
+    return ids, (torch.from_numpy(np.concatenate(values)), torch.from_numpy(np.concatenate(indices)))

@@ -8,7 +8,7 @@ frame (Kaldi's splicing convention).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -30,6 +30,7 @@ class FrameSet:
     left: int
     right: int
     utt_index: Optional[List[int]] = None  # each utterance's index in its manifest (default: its position here)
+    _subset_cache: Optional[tuple] = field(default=None, repr=False, compare=False)  # (keep fn, its frame indices)
 
     @classmethod
     def from_arrays(cls, feats: Sequence[np.ndarray], labels: Optional[Sequence[np.ndarray]], utt_ids: List[str],
@@ -103,8 +104,7 @@ class FrameSet:
     def _subset_of(self, keep) -> Optional[torch.Tensor]:
         if keep is None:
             return None
-        cached = getattr(self, "_subset_cache", None)
-        if cached is None or cached[0] is not keep:
+        if self._subset_cache is None or self._subset_cache[0] is not keep:
             self._subset_cache = (keep, self.subset(keep))
         return self._subset_cache[1]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
 
-from ..distill.experiments import EXPERIMENTS, DistillSettings, run_experiments
+from ..distill.experiments import EXPERIMENTS, DistillSettings, check_experiments, run_experiments
 from ..distill.runner import DistillRunner
 from ..experiment import Experiment
 
@@ -25,9 +25,7 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
     ``torchrun`` every system is trained data-parallel by all ranks; rank 0 alone decodes and writes the results.
     ``frames``: the frame path; ``scorer_options``: the :class:`~asr_distill.decode.scorer.Scorer`'s.
     """
-    unknown = sorted(set(experiments) - set(EXPERIMENTS))
-    if unknown:  # before the runner loads anything
-        raise ValueError(f"unknown stage-6 experiment(s) {', '.join(unknown)}: choose from {', '.join(EXPERIMENTS)}")
+    check_experiments(experiments)  # before the runner loads anything
     run = DistillRunner(exp, device, jobs, train_config, mean, frames, scorer_options)
     settings = DistillSettings(T=T, alpha=alpha, mean=mean, recipe=dict(student_recipe or {}),
                                teacher_source=teacher_source, topk=topk, select_candidates=select_candidates)

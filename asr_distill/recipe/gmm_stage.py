@@ -50,7 +50,7 @@ def _train_or_reuse(exp: Experiment, lang: Lang, feats: Mapping[str, np.ndarray]
     return StateInventory.load(exp.inventory_dir), graphs, gmm
 
 
-def _align_split(exp: Experiment, split: str, lang: Lang, inventory: StateInventory, graphs: TrainingGraphs, am,
+def _align_split(exp: Experiment, split: str, inventory: StateInventory, graphs: TrainingGraphs, am,
                  feats: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """Forced alignment of ``split``; its fbank cuts with the frames' pdf-ids become ``gmm/cuts_<split>``."""
     alis, failed, avg = align_utterances(am, inventory, graphs, feats)
@@ -90,7 +90,7 @@ def stage_gmm(exp: Experiment, num_iters: int = 40, total_gauss: int = 1000, job
     pdf_alis = {}
     for split in SPLITS:
         split_graphs = graphs if split == "train" else TrainingGraphs(lang, inventory, texts[split])
-        pdf_alis[split] = _align_split(exp, split, lang, inventory, split_graphs, am, feats[split])
+        pdf_alis[split] = _align_split(exp, split, inventory, split_graphs, am, feats[split])
     with atomic_path(exp.pdf_counts_path) as tmp:
         np.save(tmp, pdf_counts(list(pdf_alis["train"].values()), inventory.num_pdfs))
     _write_graph(exp, lang, inventory)
