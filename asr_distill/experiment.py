@@ -6,9 +6,11 @@ Layout of ``EXP``::
     data/       cuts_{train,dev,test}.jsonl.gz (stage 0), {fbank,mfcc}_{split}.jsonl.gz, cmvn_{fbank,mfcc}.npz
     feats/      Lilcom-compressed feature storage
     lang/       phones.txt words.txt lexicon.txt topo L.fst L_disambig.fst lm.arpa G.fst, graph/HCLG.fst
-    gmm/        inventory/ (topo, tree, tid2pdf.txt), final_gmm.npz, graph/ (HCLG.fst words.txt phones.txt
-                tid2pdf.txt), cuts_{split}.jsonl.gz (the fbank cuts with their frames' pdf-ids: the DNN stages'
-                one manifest), pdf_ids/ (those arrays), pdf_counts.npy (the training alignments' pdf counts)
+    gmm/        <system>/ for each of mono, tri1, tri2, tri3 that the chain trains (features, inventory, model,
+                training alignment, graph); the last system's inventory/ (topo, tree, tid2pdf.txt) and graph/
+                (HCLG.fst words.txt phones.txt tree tid2pdf.txt), targets.json, cuts_{split}.jsonl.gz (the
+                fbank cuts with their frames' pdf-ids: the DNN stages' one manifest), pdf_ids/ (those arrays),
+                pdf_counts.npy (the training alignments' pdf counts)
     teachers/   teachers.json, teacher<k>/ (checkpoint.pt, best.pt, config.json, log.csv, summary.json)
     decode/     <system>/ (wer.json, hyp_test.txt) for every scored system
     distill/    <system>/ like teachers, topk/ (top-k soft targets as cut fields), plots
@@ -163,9 +165,10 @@ class Experiment:
     def inventory_dir(self) -> Path:
         return self.gmm_dir / "inventory"
 
-    @property
-    def gmm_model_path(self) -> Path:
-        return self.gmm_dir / "final_gmm.npz"
+    def gmm_system_dir(self, name: str) -> Path:
+        """One GMM system of the chain (mono, tri1, ...): features.json (+ lda_mllt.npy, fmllr_<split>.npz),
+        inventory/, final_gmm.npz, ali_train.npz, graph/, system.json."""
+        return self.gmm_dir / name
 
     @property
     def graph_dir(self) -> Path:

@@ -18,8 +18,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SLICE = REPO / "corpora" / "an4_slice"
 
-# Small GMM settings: about 20 s of training + alignment + decoding on 2 CPU cores.
-GMM_SETTINGS = dict(num_iters=20, total_gauss=300, jobs=1)
+# Small GMM settings: a monophone system, then triphones whose alignments label the DNNs' frames (senones), so
+# every later test runs on tied triphone states as the recipe's default chain gives them.
+GMM_SETTINGS = dict(systems=("mono", "tri1"), num_iters=20, total_gauss=300, num_leaves=200, tri_gauss=800,
+                    tree_min_gain=100.0, jobs=1)
 
 
 def read_fileids(part: str, corpus: Path = SLICE) -> List[str]:
@@ -45,7 +47,11 @@ def pron_strings(words: Sequence[str], lexicon, limit: int = 20000) -> set:
 @dataclass
 class BuiltExperiment:
     exp: "object"  # asr_distill.experiment.Experiment
-    gmm_row: dict
+    gmm_rows: List[dict]  # one per GMM system of the chain, mono first
+
+    @property
+    def gmm_row(self) -> dict:
+        return self.gmm_rows[0]
 
     @property
     def dir(self) -> Path:
@@ -54,7 +60,8 @@ class BuiltExperiment:
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory) -> BuiltExperiment:
-    """Stages 0-3 (manifests, features + CMVN, lang + HCLG, monophone GMM + alignments + GMM decode) on the slice."""
+    """Stages 0-3 (manifests, features + CMVN, lang + HCLG, monophone and triphone GMMs + alignments + GMM decodes)
+    on the slice."""
     from asr_distill.experiment import Experiment
     from asr_distill.recipe import stage_features, stage_gmm, stage_lang, stage_prepare
 
@@ -62,8 +69,8 @@ def built(tmp_path_factory) -> BuiltExperiment:
     stage_prepare(exp, SLICE)
     stage_features(exp)
     stage_lang(exp, SLICE / "etc" / "an4.dic")
-    row = stage_gmm(exp, **GMM_SETTINGS)
-    return BuiltExperiment(exp, row)
+    rows = stage_gmm(exp, **GMM_SETTINGS)
+    return BuiltExperiment(exp, rows)
 
 
 @pytest.fixture(scope="session")

@@ -22,17 +22,25 @@ def inventory(exp):
 
 
 @pytest.fixture(scope="module")
-def alignments(exp, inventory):
+def targets(exp):
+    """The GMM system whose alignments label the frames (the chain's last: triphones)."""
+    from asr_distill.recipe.gmm_stage import load_targets_system
+
+    return load_targets_system(exp)
+
+
+@pytest.fixture(scope="module")
+def alignments(exp, inventory, targets):
     """Transition-id alignments of the first 15 utterances of each split, made anew with the stored GMM."""
     from asr_distill.gmm import TrainingGraphs, align_utterances
-    from asr_distill.recipe import gmm_features
+    from asr_distill.recipe.gmm_stage import system_features
 
     lang = Lang.load(exp.lang_dir)
-    am = GmmModel.load(exp.gmm_model_path).to_am()
+    am = targets.gmm.to_am()
     out = {}
     for s in SPLITS:
         texts = dict(list(exp.texts(s).items())[:15])
-        feats = {u: f for u, f in gmm_features(exp, s).items() if u in texts}
+        feats = {u: f for u, f in system_features(exp, targets, s).items() if u in texts}
         out[s] = {u: np.asarray(a) for u, a in align_utterances(am, inventory, TrainingGraphs(lang, inventory, texts),
                                                                 feats)[0].items()}
     return out
@@ -142,14 +150,14 @@ def test_add_deltas_matches_kaldi_native_fbank():
     np.testing.assert_allclose(add_deltas(x), ref, atol=1e-5)
 
 
-def test_gmm_loglikes_match_kaldi(exp, inventory):
-    from asr_distill.recipe import gmm_features
+def test_gmm_loglikes_match_kaldi(exp, inventory, targets):
+    from asr_distill.recipe.gmm_stage import system_features
 
-    gmm = GmmModel.load(exp.gmm_model_path)
+    gmm = targets.gmm
     assert gmm.num_pdfs == inventory.num_pdfs
     assert len(gmm.weights) > gmm.num_pdfs  # some pdfs are mixtures: the log-sum-exp path is exercised
     am = gmm.to_am()
-    feats = next(iter(gmm_features(exp, "dev").values()))
+    feats = next(iter(system_features(exp, targets, "dev").values()))
     ll = gmm.loglikes(feats)
     assert ll.shape == (len(feats), gmm.num_pdfs)
     mixtures = [j for j in range(gmm.num_pdfs) if (gmm.pdf_of_gauss == j).sum() > 1][:4]
@@ -159,8 +167,8 @@ def test_gmm_loglikes_match_kaldi(exp, inventory):
             assert ll[t, j] == pytest.approx(ref, rel=1e-4, abs=1e-2), (t, j)
 
 
-def test_gmm_save_load_round_trip(exp, tmp_path):
-    gmm = GmmModel.load(exp.gmm_model_path)
+def test_gmm_save_load_round_trip(exp, targets, tmp_path):
+    gmm = targets.gmm
     gmm.save(tmp_path / "g.npz")
     back = GmmModel.load(tmp_path / "g.npz")
     for name in ("pdf_of_gauss", "weights", "means", "variances"):
@@ -184,8 +192,9 @@ def test_state_inventory_round_trip(exp, inventory, tmp_path):
     np.testing.assert_array_equal(back.transition_stats, inventory.transition_stats)
     np.testing.assert_allclose(np.asarray(back.transition_model.log_probs),
                                np.asarray(inventory.transition_model.log_probs))
+    assert inventory.kind == "triphone" and inventory.tree.context_width == 3
     # trained transition probabilities differ from the topology's initial ones
-    fresh = StateInventory.monophone(Lang.load(exp / "lang"))
+    fresh = StateInventory(Lang.load(exp / "lang").topo_text, None, inventory.tree)
     assert not np.allclose(np.asarray(fresh.transition_model.log_probs),
                            np.asarray(inventory.transition_model.log_probs))
     np.testing.assert_array_equal(fresh.tid2pdf, inventory.tid2pdf)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from asr_distill.data import prepare_corpus, read_kaldi_dir, read_librispeech
+from asr_distill.data import prepare_corpus, read_kaldi_dir
 from asr_distill.data import CorpusError
 from conftest import REPO, SLICE, read_transcription
 
@@ -173,7 +173,7 @@ def test_librispeech_recipe_stages_0_to_3_with_an_oov_word(libri, tmp_path):
     trans.write_text("\n".join(lines) + "\n")
     exp = tmp_path / "exp"
     proc = _recipe("librispeech", "--corpus-dir", corpus, "--exp-dir", exp, "--stage", 0, "--stop-stage", 3,
-                   "--gmm-args", "--num-iters 10 --total-gauss 200")
+                   "--gmm-args", "--gmm-stages mono --num-iters 10 --total-gauss 200")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (exp / "lang" / "oov_fallback.txt").read_text().split() == ["YESS", "Y", "EH", "S"]
     ids = {c["id"] for s in ("train", "dev") for c in _cuts(exp / "data" / f"cuts_{s}.jsonl.gz")}

@@ -83,20 +83,19 @@ def test_one_utterance_decodes_exactly(exp, setup):
 def test_gmm_decode_is_reproducible_and_parallel_safe(exp, setup):
     """Re-decoding the GMM's test likelihoods with the stage's (dev-tuned) setting reproduces its hyp.txt and
     wer.json, with 1 and with 2 decoding processes."""
-    from asr_distill.gmm import GmmModel
-    from asr_distill.recipe import gmm_features as _gmm_feats
+    from asr_distill.recipe.gmm_stage import load_targets_system, system_features
 
-    wer_json = read_json(exp.decode_dir("gmm-mono") / "wer.json")
+    system = load_targets_system(exp)  # the triphone system, decoded with its graph (the experiment's)
+    wer_json = read_json(exp.decode_dir(f"gmm-{system.name}") / "wer.json")
     cfg = DecodingConfig(acoustic_scale=wer_json["acoustic_scale"], word_penalty=wer_json["word_penalty"], beam=13.0)
-    gmm = GmmModel.load(exp.gmm_model_path)
-    ll = {u: gmm.loglikes(f) for u, f in _gmm_feats(exp, "test").items()}
+    ll = {u: system.gmm.loglikes(f) for u, f in system_features(exp, system, "test").items()}
     assert len(ll) >= 8  # below 8 utterances decode_loglikes stays in-process
     h1 = decode_loglikes(setup["hclg"], setup["inv"].tid2pdf, ll, cfg, jobs=1)
     h2 = decode_loglikes(setup["hclg"], setup["inv"].tid2pdf, ll, cfg, jobs=2)
     assert h1 == h2
     words = {u: words_of(h, setup["id2word"]) for u, h in h1.items()}
     stored = {}
-    for line in (exp.decode_dir("gmm-mono") / "hyp_test.txt").read_text().splitlines():
+    for line in (exp.decode_dir(f"gmm-{system.name}") / "hyp_test.txt").read_text().splitlines():
         u, *ws = line.split()
         stored[u] = ws
     assert words == stored

@@ -309,3 +309,60 @@ def test_long_recordings_go_through_the_network_in_exact_pieces(model_dir, test_
         pieces = chunked_loglikes(model, wave, chunk, margin_frames=LEFT + 2)
         assert pieces.shape == whole.shape
         np.testing.assert_allclose(pieces, whole, atol=1e-3)
+
+
+def _kaldi_sliding_cmn(feats: np.ndarray, window: int) -> np.ndarray:
+    """apply-cmvn-sliding --center=true --norm-vars=false, frame by frame as Kaldi's SlidingWindowCmn describes
+    it: a centred window, moved inward at the edges to keep ``window`` frames (all of them when fewer)."""
+    T = len(feats)
+    out = np.empty_like(feats, dtype=np.float64)
+    for t in range(T):
+        start = t - window // 2
+        end = start + window
+        if start < 0:
+            start, end = 0, min(window, T)
+        if end > T:
+            start, end = max(0, T - window), T
+        out[t] = feats[t] - feats[start:end].mean(0)
+    return out
+
+
+def test_sliding_cmvn_matches_kaldi_and_ignores_the_input_level(exp, trained, test_audio, tmp_path):
+    """The ``sliding`` export: Kaldi's centred sliding mean (checked on short and long inputs, edges included)
+    over the training std; far less moved by the input level than the global CMVN (not unmoved: log-mel energies
+    at the front end's floor do not shift with the level, and AN4's quiet stretches have many); TorchScript and
+    ONNX agree; transcribe's pieces stay exact with the wider window."""
+    import onnxruntime as ort
+
+    from asr_distill.deploy.export import build_exported_module, export_model, sliding_mean
+    from asr_distill.deploy.transcribe import AcousticModel, chunked_loglikes, load_audio
+
+    rng = np.random.default_rng(0)
+    for T, window in ((7, 600), (50, 10), (1201, 600), (33, 33)):
+        x = rng.normal(size=(T, 3))
+        np.testing.assert_allclose(x - sliding_mean(torch.from_numpy(x), window).numpy(),
+                                   _kaldi_sliding_cmn(x, window), atol=1e-9)
+    module = build_exported_module(exp.dir, trained, "sliding", LEFT, RIGHT).eval()
+    glob = build_exported_module(exp.dir, trained, "global", LEFT, RIGHT).eval()
+    wave = torch.from_numpy(load_audio(test_audio[sorted(test_audio)[0]]))
+    with torch.no_grad():
+        base = module(wave).numpy()
+        for level in (0.5, 2.0):
+            moved = np.abs(module(wave * level).numpy() - base).mean()
+            moved_global = np.abs(glob(wave * level).numpy() - glob(wave).numpy()).mean()
+            assert moved < moved_global / 2, (level, moved, moved_global)
+    out = tmp_path / "sliding"
+    export_model(exp.dir, trained, out, system=SYSTEM, cmvn="sliding", int8=False, left=LEFT, right=RIGHT,
+                 decoding=DECODING)
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["cmvn"] == "sliding" and card["cmvn_window"] == 600
+    onnx_out = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"waveform": wave.numpy()})[0]
+    np.testing.assert_allclose(onnx_out, base, atol=2e-4)
+    long_wave = np.concatenate([load_audio(test_audio[u]) for u in sorted(test_audio)[:10]])
+    model = AcousticModel(out)
+    whole = model(long_wave)
+    margin = max(LEFT, RIGHT) + 2 + card["cmvn_window"]  # as the transcriber's
+    assert len(whole) > 250 + 2 * margin  # long enough to be cut into pieces, each through the window
+    pieces = chunked_loglikes(model, long_wave, 250, margin_frames=margin)
+    np.testing.assert_allclose(pieces, whole, atol=1e-3)

@@ -31,6 +31,7 @@ from ..nnet.checkpoint import CheckpointError
 from ..nnet.stream import FRAME_MODES
 from ..recipe import (stage_distill, stage_evaluate, stage_features, stage_gmm, stage_lang,
                       stage_prepare, stage_teachers)
+from ..gmm.system import GMM_SYSTEMS, check_gmm_systems
 from ..results import format_table, load_results
 from ..utils import setup_logging
 
@@ -174,15 +175,31 @@ def lang(exp, lexicon, cmudict, oov_fallback, sil_prob):
         raise click.ClickException(str(e))
 
 
+def _gmm_systems(ctx, param, value: str):
+    try:
+        return check_gmm_systems([s.strip() for s in value.split(",") if s.strip()])
+    except ValueError as e:
+        raise click.BadParameter(str(e))
+
+
 @cli.command()
-@click.option("--num-iters", default=40, show_default=True)
-@click.option("--total-gauss", default=1000, show_default=True)
+@click.option("--gmm-stages", "systems", default=",".join(GMM_SYSTEMS), show_default=True, callback=_gmm_systems,
+              help="the GMM chain, each aligning for the next; the last one's alignments are the DNNs' targets "
+                   "(mono: monophones; tri1: triphones on deltas; tri2: LDA+MLLT; tri3: SAT with fMLLR)")
+@click.option("--num-iters", default=40, show_default=True, help="monophone iterations")
+@click.option("--total-gauss", default=1000, show_default=True, help="monophone Gaussians")
+@click.option("--num-leaves", default=2000, show_default=True, help="triphone tree leaves at most (senones)")
+@click.option("--tri-gauss", default=10000, show_default=True, help="triphone Gaussians")
+@click.option("--tree-min-gain", default=300.0, show_default=True,
+              help="a tree split must gain this log-likelihood (build-tree --thresh)")
 @click.option("--jobs", default=2, show_default=True, help="decoding processes")
 @stage_command("gmm")
-def gmm(exp, num_iters, total_gauss, jobs):
-    """Stage 3: monophone GMM-HMM, alignments of train/dev/test, GMM decode (acoustic scale tuned on dev)."""
-    # a forced redo (the stage finished before) retrains; an interrupted run reuses a finished training
-    return stage_gmm(exp, num_iters=num_iters, total_gauss=total_gauss, jobs=jobs, reuse_trained=not exp.done("gmm"))
+def gmm(exp, systems, num_iters, total_gauss, num_leaves, tri_gauss, tree_min_gain, jobs):
+    """Stage 3: the GMM-HMM chain (mono -> tri1 -> tri2 -> tri3), each decoded (scale tuned on dev); the last
+    system's forced alignments of train/dev/test label the DNNs' frames."""
+    # a forced redo (the stage finished before) retrains; an interrupted run reuses finished systems
+    return stage_gmm(exp, systems, num_iters=num_iters, total_gauss=total_gauss, num_leaves=num_leaves,
+                     tri_gauss=tri_gauss, tree_min_gain=tree_min_gain, jobs=jobs, reuse_trained=not exp.done("gmm"))
 
 
 _frames_option = click.option(
@@ -306,8 +323,9 @@ def results(exp_dir):
 @click.option("--system", required=True, help="system to export: teacher<k> (EXP/teachers) or a stage-6 name "
                                                "such as student (EXP/distill)")
 @click.option("--out-dir", required=True, type=click.Path(file_okay=False), help="model directory to write")
-@click.option("--cmvn", type=click.Choice(["global", "utterance"]), default="global", show_default=True,
-              help="normalisation inside the graph: training-set global stats, or the utterance's own")
+@click.option("--cmvn", type=click.Choice(["global", "utterance", "sliding"]), default="global", show_default=True,
+              help="normalisation inside the graph: training-set global stats, the utterance's own, or a sliding "
+                   "600-frame mean with the global std (level-independent; Kaldi's apply-cmvn-sliding)")
 @click.option("--no-int8", is_flag=True, help="skip the int8 (dynamically quantised) ONNX model")
 @click.option("--left-context", type=int, default=None,
               help="splicing context (default: EXP/teachers/teachers.json when it fits the model, else symmetric)")

@@ -17,8 +17,8 @@ from typing import Dict, List, Optional, Tuple
 from lhotse import CutSet
 
 from ..utils import Pathlike
-from .corpus import (TARGET_RATE, BadItem, CorpusError, Utterance, check_audio, report_bad, speaker_disjoint_split,
-                     write_splits)
+from .corpus import (TARGET_RATE, BadItem, CorpusError, Utterance, check_audio, read_lines, report_bad,
+                     speaker_disjoint_split, write_splits)
 
 __all__ = ["read_an4", "prepare_an4", "AUDIO_EXTENSIONS"]
 
@@ -28,20 +28,10 @@ AUDIO_EXTENSIONS = (".sph", ".flac", ".wav")
 _TRANS_RE = re.compile(r"^(?P<text>.*?)\s*\((?P<id>[^()\s]+)\)\s*$")
 
 
-def _decode_line(raw: bytes, path: Path, lineno: int) -> Tuple[str, Optional[str]]:
-    """(text, problem): a line that is not UTF-8 is decoded with replacement characters and its problem named."""
-    try:
-        return raw.decode("utf-8"), None
-    except UnicodeDecodeError as e:
-        return raw.decode("utf-8", errors="replace"), (f"transcript is not UTF-8 text (byte {raw[e.start]:#04x} "
-                                                       f"at {path.name} line {lineno}, column {e.start + 1})")
-
-
 def _read_transcription(path: Path, bad: List[BadItem]) -> Dict[str, Optional[str]]:
     """utt id -> words; None for an utterance whose line is unreadable (reported here, once)."""
     texts: Dict[str, Optional[str]] = {}
-    for lineno, raw in enumerate(path.read_bytes().splitlines(), 1):
-        line, problem = _decode_line(raw, path, lineno)
+    for lineno, line, problem in read_lines(path):
         if not line.strip():
             continue
         m = _TRANS_RE.match(line)

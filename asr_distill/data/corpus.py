@@ -15,7 +15,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import soundfile as sf
 from lhotse import AudioSource, CutSet, MonoCut, Recording, SupervisionSegment
@@ -26,12 +26,13 @@ from ..utils import Pathlike, atomic_path, atomic_write_text
 
 __all__ = ["CorpusError", "Utterance", "BadItem", "set_soundfile_backend", "check_audio", "validate_audio",
            "report_bad", "speaker_disjoint_split", "split_speakers", "make_cutset", "write_manifest", "write_splits",
-           "normalise_text", "SPLITS", "TARGET_RATE"]
+           "normalise_text", "read_lines", "SPLITS", "TARGET_RATE"]
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
 TARGET_RATE = 16000  # every corpus is resampled to this: one fbank configuration, one exported front-end
+MIN_RATE, MAX_RATE = 8000, 192000  # telephone speech to studio audio; anything else is a damaged header
 
 
 class CorpusError(RuntimeError):
@@ -68,6 +69,19 @@ def normalise_text(text: str) -> str:
     return " ".join(text.upper().split())
 
 
+def read_lines(path: Path) -> Iterator[Tuple[int, str, Optional[str]]]:
+    """(line number, text, problem) for each line of a transcript or list file.  A line that is not UTF-8 (a
+    Latin-1 byte, a damaged file) is decoded with replacement characters and its problem named, so that the caller
+    reports it instead of letting the replacement characters into a transcript, a speaker or an id."""
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            line, problem = raw.decode("utf-8"), None
+        except UnicodeDecodeError as e:
+            line = raw.decode("utf-8", errors="replace")
+            problem = f"not UTF-8 text (byte {raw[e.start]:#04x} at {path.name} line {lineno}, column {e.start + 1})"
+        yield lineno, line, problem
+
+
 def set_soundfile_backend() -> None:
     """Make Lhotse read audio (.sph included) with libsndfile: the default needs the ``sph2pipe`` binary."""
     set_current_audio_backend(LibsndfileBackend())
@@ -91,7 +105,8 @@ def check_audio(path: Path, expected_rate: Optional[int], command: Optional[str]
 
     try:
         if command is not None:
-            proc = subprocess.run(command, shell=True, capture_output=True, timeout=300)
+            # no stdin: a damaged command ("cat|x.flac") must fail, not wait for a terminal until the timeout
+            proc = subprocess.run(command, shell=True, stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
             if proc.returncode != 0:
                 return (f"command failed with status {proc.returncode}: "
                         f"{proc.stderr.decode(errors='replace').strip()[:120]}"), 0, 0
@@ -113,6 +128,8 @@ def check_audio(path: Path, expected_rate: Optional[int], command: Optional[str]
             return f"truncated audio: header declares {declared} samples, file holds {n}", n, sr
     elif command is None and info.frames != n:
         return f"truncated audio: header declares {info.frames} samples, decoded {n}", n, sr
+    if not MIN_RATE <= sr <= MAX_RATE:  # a damaged header (SPHERE "sample_rate -i 16 00": 16 Hz) still decodes
+        return f"implausible sample rate {sr} Hz (speech audio is {MIN_RATE}-{MAX_RATE} Hz)", n, sr
     if expected_rate is not None and sr != expected_rate:
         return f"unexpected sample rate {sr} Hz (expected {expected_rate} Hz)", n, sr
     return None, n, sr
@@ -129,7 +146,10 @@ def validate_audio(utts: List[Utterance], bad: List[BadItem]) -> List[Utterance]
             checked[key] = check_audio(Path(u.audio_path), None, u.command)
         problem, n, sr = checked[key]
         if problem:
-            bad.append(BadItem(u.command or str(u.audio_path), problem))
+            # a Kaldi entry names its recording and utterance, as a missing file does: a damaged pipe command
+            # ("cat x.fla |") names neither, nor the wav.scp it came from
+            where = f" (recording {u.recording_id}, utterance {u.utt_id})" if u.recording_id else ""
+            bad.append(BadItem(u.command or str(u.audio_path), problem + where))
             continue
         u.num_samples, u.sampling_rate = n, sr
         if u.duration is not None:

@@ -6,14 +6,15 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from ..utils import Pathlike
-from .corpus import BadItem, CorpusError, Utterance, normalise_text, validate_audio
+from .corpus import BadItem, CorpusError, Utterance, normalise_text, read_lines, validate_audio
 
 __all__ = ["read_kaldi_table", "read_kaldi_dir"]
 
 
-def read_kaldi_table(path: Path, bad: List[BadItem], min_fields: int = 2) -> Dict[str, str]:
-    table: Dict[str, str] = {}
-    for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+def read_kaldi_table(path: Path, bad: List[BadItem], min_fields: int = 2) -> Dict[str, Optional[str]]:
+    """id -> value; None for an id whose line is not UTF-8 (reported here, once: callers leave it out)."""
+    table: Dict[str, Optional[str]] = {}
+    for lineno, line, problem in read_lines(path):
         if not line.strip():
             continue
         # any whitespace separates the key from the value, as Kaldi's own readers split (a TAB included)
@@ -25,6 +26,12 @@ def read_kaldi_table(path: Path, bad: List[BadItem], min_fields: int = 2) -> Dic
         if key in table:
             bad.append(BadItem(key, f"duplicate id in {path.name} (line {lineno})"))
             continue
+        if problem:
+            if "\ufffd" in key:  # the id itself is damaged: the files that list the real one report it missing
+                bad.append(BadItem(f"{path}:{lineno}", problem))
+                continue
+            bad.append(BadItem(key, problem))
+            value = None
         table[key] = value
     return table
 
@@ -40,22 +47,30 @@ def read_kaldi_dir(data_dir: Pathlike) -> Tuple[List[Utterance], List[BadItem]]:
     wav = read_kaldi_table(data_dir / "wav.scp", bad)
     text = read_kaldi_table(data_dir / "text", bad, min_fields=1)
     utt2spk = read_kaldi_table(data_dir / "utt2spk", bad)
-    segments: Optional[Dict[str, Tuple[str, float, float]]] = None
+    segments: Optional[Dict[str, Optional[Tuple[str, float, float]]]] = None
     if (data_dir / "segments").is_file():
         segments = {}
         for utt, value in read_kaldi_table(data_dir / "segments", bad).items():
+            segments[utt] = None  # until its line parses: a bad line is reported once, here, not as missing too
+            if value is None:
+                continue
             fields = value.split()
             try:
                 rec, start, end = fields[0], float(fields[1]), float(fields[2])
             except (IndexError, ValueError):
                 bad.append(BadItem(utt, f"cannot parse segments line {utt} {value!r}"))
                 continue
-            if end <= start:
+            if not start >= 0:  # float() reads "-.05" and "nan" as well
+                bad.append(BadItem(utt, f"segment start {start} is not a time in its recording"))
+                continue
+            if not end > start:
                 bad.append(BadItem(utt, f"segment end {end} is not after its start {start}"))
                 continue
             segments[utt] = (rec, start, end)
     utts: List[Utterance] = []
     for utt in sorted(text):
+        if text[utt] is None or utt2spk.get(utt, "") is None or (segments or {}).get(utt, ()) is None:
+            continue  # a line not UTF-8 or a bad segment, reported above
         words = normalise_text(text[utt])
         if not words:
             bad.append(BadItem(utt, "empty transcript"))
@@ -74,6 +89,8 @@ def read_kaldi_dir(data_dir: Pathlike) -> Tuple[List[Utterance], List[BadItem]]:
             bad.append(BadItem(utt, f"recording {rec!r} is not in wav.scp"))
             continue
         entry = wav[rec]
+        if entry is None:
+            continue  # not UTF-8, reported by read_kaldi_table
         command = entry[:-1].strip() if entry.endswith("|") else None
         path = None if command else Path(entry) if Path(entry).is_absolute() else (data_dir / entry)
         if path is not None and not path.is_file():

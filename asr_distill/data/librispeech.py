@@ -13,7 +13,7 @@ from typing import List, Tuple
 from lhotse.recipes.librispeech import LIBRISPEECH, MINI_LIBRISPEECH
 
 from ..utils import Pathlike
-from .corpus import BadItem, CorpusError, Utterance, normalise_text, validate_audio
+from .corpus import BadItem, CorpusError, Utterance, normalise_text, read_lines, validate_audio
 
 __all__ = ["librispeech_parts", "librispeech_root", "read_librispeech"]
 
@@ -43,7 +43,7 @@ def read_librispeech(corpus_dir: Pathlike, part: str) -> Tuple[List[Utterance], 
     seen: set = set()
     listed_audio: set = set()
     for trans in sorted(part_dir.rglob("*.trans.txt")):
-        for lineno, line in enumerate(trans.read_text(errors="replace").splitlines(), 1):
+        for lineno, line, problem in read_lines(trans):
             if not line.strip():
                 continue
             fields = line.split(maxsplit=1)  # any whitespace after the id, as Kaldi's readers split
@@ -56,6 +56,11 @@ def read_librispeech(corpus_dir: Pathlike, part: str) -> Tuple[List[Utterance], 
             text = normalise_text(text)
             audio = next((trans.parent / f"{uid}{ext}" for ext in (".flac", ".wav")
                           if (trans.parent / f"{uid}{ext}").is_file()), None)
+            if problem:  # left out, reported once: by its id, or by its line where the id itself is damaged
+                bad.append(BadItem(where if "\ufffd" in uid else uid, problem))
+                if audio is not None:
+                    listed_audio.add(audio.resolve())
+                continue
             if audio is None:
                 bad.append(BadItem(str(trans.parent / f"{uid}.flac"), f"audio file missing (transcript {where})"))
                 continue

@@ -120,7 +120,8 @@ def prepare_corpus(kind: str, output_dir: Pathlike, corpus_dir: Optional[Pathlik
         if dev_speakers or test_speakers:
             raise CorpusError("AN4 has its own test set; --dev-speakers/--test-speakers do not apply")
         return prepare_an4(corpus_dir, output_dir, skip_bad=skip_bad, dev_fraction=dev_fraction)
-    source = corpus_dir or train_dir
+    # Kaldi: up to three directories, all named (a problem in the test one must not read as the train one's)
+    source = corpus_dir or ", ".join(str(d) for d in (train_dir, dev_dir, test_dir) if d is not None)
     sets, bad = READERS[kind](corpus_dir=corpus_dir, train_dir=train_dir, dev_dir=dev_dir, test_dir=test_dir,
                               parts=parts, download=download, test_speakers=test_speakers)
     report_bad(bad, source, output_dir, skip_bad)

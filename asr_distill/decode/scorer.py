@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -31,7 +32,8 @@ __all__ = ["Scorer", "GMM_SCALES", "DNN_SCALES", "WORD_PENALTIES"]
 
 log = logging.getLogger(__name__)
 
-GMM_SCALES = (0.03, 0.04, 0.05, 0.0667, 0.0833, 0.1, 0.125, 0.15)
+# LDA+MLLT and SAT triphones were best at the grid's old floor (0.03) on AN4's dev: the grid reaches below it
+GMM_SCALES = (0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.0667, 0.0833, 0.1, 0.125, 0.15)
 DNN_SCALES = (0.05, 0.0667, 0.0833, 0.1, 0.125, 0.15, 0.2)
 # Word insertion penalties in graph-cost units (Kaldi's scoring sweeps 0, 0.5, 1.0 in its own units).
 WORD_PENALTIES = (0.0, 1.0, 2.0, 2.5, 3.0)
@@ -45,16 +47,22 @@ class Scorer:
     """Scores systems of one experiment (see the module docstring)."""
 
     def __init__(self, exp: "Experiment", jobs: int = 2, beam: float = 13.0, splits: Sequence[str] = ("dev", "test"),
-                 scales: Sequence[float] = DNN_SCALES, penalties: Sequence[float] = WORD_PENALTIES):
+                 scales: Sequence[float] = DNN_SCALES, penalties: Sequence[float] = WORD_PENALTIES,
+                 graph_dir: Optional[Path] = None, labels: Optional[Mapping[str, Mapping[str, np.ndarray]]] = None,
+                 log_priors: Optional[np.ndarray] = None):
+        """``graph_dir`` / ``labels`` / ``log_priors``: another system's graph, frame labels and priors than the
+        experiment's targets (each GMM system of the bootstrap is scored with its own)."""
         self.exp, self.jobs = exp, jobs
         self.scales, self.penalties = tuple(scales), tuple(penalties)  # the dev grid (Kaldi's score.sh ranges)
-        self.hclg = exp.hclg_path
-        self.tid2pdf = read_tid2pdf(exp.tid2pdf_path)
-        self.id2word = invert_symbols(read_symbols(exp.words_path))
+        graph_dir = Path(graph_dir) if graph_dir is not None else exp.graph_dir
+        self.hclg = graph_dir / "HCLG.fst"
+        self.tid2pdf = read_tid2pdf(graph_dir / "tid2pdf.txt")
+        self.id2word = invert_symbols(read_symbols(graph_dir / "words.txt"))
         self.config = DecodingConfig(beam=beam)
-        self.log_priors = exp.log_priors()
+        self.log_priors = exp.log_priors() if log_priors is None else log_priors
         self.refs = {s: {u: t.split() for u, t in exp.texts(s).items()} for s in splits}
-        self.labels = {s: _pdf_labels(exp.labelled_cuts_path(s)) for s in splits}
+        self.labels = ({s: _pdf_labels(exp.labelled_cuts_path(s)) for s in splits} if labels is None
+                       else {s: dict(labels[s]) for s in splits})
 
     def frame_accuracy(self, split: str, loglikes: Mapping[str, np.ndarray]) -> float:
         """Percent of the split's aligned frames whose argmax of log-likelihood + log-prior is the aligned pdf."""

@@ -11,8 +11,11 @@ The exported graph computes, for ONE utterance::
     = (num_frames, num_pdfs) float32 pseudo log-likelihoods, ready for the decoder (times the acoustic scale).
 
 CMVN.  Training normalised with per-SPEAKER statistics; a deployed model sees one file and no speaker label, so the
-export chooses one of ``global`` (default: the training set's global mean / std, stored as constants in the graph)
-or ``utterance`` (mean and variance of the utterance itself, computed inside the graph).  ``global`` was better or
+export chooses one of ``global`` (default: the training set's global mean / std, stored as constants in the graph),
+``utterance`` (mean and variance of the utterance itself, computed inside the graph) or ``sliding`` (Kaldi's
+``apply-cmvn-sliding --center``: the mean of a centred window of ``SLIDING_WINDOW`` frames, divided by the training
+set's std).  A change of input level adds a constant to every log-mel energy: ``utterance`` and ``sliding`` remove
+it, ``global`` does not.  ``global`` was better or
 equal on the slice's DEV set for every system tried (docs/RESULTS.md, section 5).  The choice is written to
 ``model_card.json`` (``cmvn``) together with the WER measured for it when available.
 
@@ -22,6 +25,7 @@ Directory layout (``out_dir``)::
     model.onnx         ONNX graph (opset 17), same function
     model.int8.onnx    ONNX with dynamically quantised int8 weights (``quantize_int8``)
     HCLG.fst words.txt tid2pdf.txt           decoding graph, word symbols, transition-id -> pdf map
+    tree                                     the context-dependency tree (Kaldi binary) that defines the pdfs
     model_card.json    features, context, CMVN mode, decoding settings, pdfs, corpus, WER, sizes
 """
 from __future__ import annotations
@@ -45,11 +49,12 @@ from ..utils import Pathlike, read_json, write_json
 from .frontend import FbankFrontend
 
 __all__ = ["ExportedAcousticModel", "build_exported_module", "export_model", "quantize_int8", "update_card",
-           "model_context", "CMVN_MODES"]
+           "model_context", "sliding_mean", "CMVN_MODES", "SLIDING_WINDOW"]
 
 log = logging.getLogger(__name__)
 
-CMVN_MODES = ("utterance", "global")
+CMVN_MODES = ("utterance", "global", "sliding")
+SLIDING_WINDOW = 600  # frames: apply-cmvn-sliding's default --cmn-window
 ONNX_OPSET = 17
 
 
@@ -65,7 +70,8 @@ class ExportedAcousticModel(nn.Module):
         self.frontend = frontend
         self.network = network
         self.left, self.right = int(left), int(right)
-        self.per_utterance = cmvn == "utterance"
+        self.cmvn = cmvn
+        self.cmvn_window = SLIDING_WINDOW
         dim = frontend.mel_banks.shape[1]
         mean = np.zeros(dim, np.float32) if global_mean is None else np.asarray(global_mean, np.float32)
         std = np.ones(dim, np.float32) if global_std is None else np.asarray(global_std, np.float32)
@@ -76,7 +82,9 @@ class ExportedAcousticModel(nn.Module):
     def features(self, wave: torch.Tensor) -> torch.Tensor:
         """CMVN-normalised fbank ``(T, D)``."""
         feats = self.frontend(wave)
-        if self.per_utterance:
+        if self.cmvn == "sliding":
+            return ((feats.to(torch.float64) - sliding_mean(feats, self.cmvn_window)) / self.global_std).to(torch.float32)
+        if self.cmvn == "utterance":
             # as asr_distill.data._moments, over this utterance: float64 moments, variance floored at 1e-10
             f64 = feats.to(torch.float64)
             mean = f64.mean(dim=0)
@@ -93,6 +101,19 @@ class ExportedAcousticModel(nn.Module):
         windows = feats[torch.clamp(idx, 0, t - 1)]  # (T, context, D)
         logits = self.network(windows)
         return torch.log_softmax(logits, dim=-1) - self.log_priors
+
+
+def sliding_mean(feats: torch.Tensor, window: int) -> torch.Tensor:
+    """Per frame, the float64 mean of the ``window`` frames centred on it, the window shifted inward at the edges
+    (all frames when fewer): Kaldi's sliding CMN with ``--center=true``.  Tensor ops only, so the bounds follow
+    the input's length in TorchScript and in ONNX alike."""
+    f64 = feats.to(torch.float64)
+    cums = torch.cat([torch.zeros_like(f64[:1]), torch.cumsum(f64, dim=0)], dim=0)
+    idx = torch.arange(f64.size(0), dtype=torch.int64)
+    length = idx[-1:] + 1
+    start = torch.minimum(torch.clamp(idx - window // 2, min=0), torch.clamp(length - window, min=0))
+    end = torch.minimum(start + window, length)
+    return (cums[end] - cums[start]) / (end - start).to(torch.float64)[:, None]
 
 
 def model_context(exp: Experiment, config: dict, left: Optional[int], right: Optional[int]) -> Tuple[int, int]:
@@ -158,6 +179,24 @@ def _size_mb(path: Path) -> float:
     return round(path.stat().st_size / 2**20, 3)
 
 
+CMVN_NOTES = {
+    "utterance": "per-utterance mean/variance normalisation computed inside the graph (training used per-speaker "
+                 "statistics)",
+    "global": "training set's global mean/std stored in the graph (training used per-speaker statistics)",
+    "sliding": f"mean of a centred {SLIDING_WINDOW}-frame window (Kaldi's apply-cmvn-sliding) and the training set's "
+               "std (training used per-speaker statistics); independent of the input level",
+}
+
+
+def _targets_info(exp: Experiment) -> dict:
+    """What the network's outputs are: the GMM system whose tree defines them and that tree's shape."""
+    info = read_json(exp.inventory_dir / "inventory.json")
+    targets = exp.gmm_dir / "targets.json"
+    return {"gmm_system": read_json(targets)["system"] if targets.exists() else "mono",
+            "kind": info["kind"], "context_width": info.get("context_width", 1), "num_pdfs": info["num_pdfs"],
+            "tree": "tree"}
+
+
 def _model_card(exp: Experiment, module: ExportedAcousticModel, model_ckpt: Path, system: str, cmvn: str,
                 int8: bool) -> dict:
     wer_path = exp.decode_dir(system) / "wer.json"
@@ -176,11 +215,11 @@ def _model_card(exp: Experiment, module: ExportedAcousticModel, model_ckpt: Path
                      "snip_edges": False, "window": "povey", "preemph_coeff": 0.97},
         "context": {"left": module.left, "right": module.right, "splicing": "edges repeated"},
         "cmvn": cmvn,
-        "cmvn_note": ("per-utterance mean/variance normalisation computed inside the graph (training used "
-                      "per-speaker statistics)" if cmvn == "utterance" else
-                      "training set's global mean/std stored in the graph (training used per-speaker statistics)"),
+        "cmvn_note": CMVN_NOTES[cmvn],
+        **({"cmvn_window": SLIDING_WINDOW} if cmvn == "sliding" else {}),
         "model": dict(module.network.config),
         "num_pdfs": int(module.network.config["num_pdfs"]),
+        "targets": _targets_info(exp),
         "decoding": {"acoustic_scale": float(dec.get("acoustic_scale", 0.1)),
                      "word_penalty": float(dec.get("word_penalty", 0.0)), "beam": 13.0, "max_active": 7000,
                      "min_active": 200, "source": str(wer_path) if dec else "defaults (no wer.json found)"},
@@ -189,7 +228,7 @@ def _model_card(exp: Experiment, module: ExportedAcousticModel, model_ckpt: Path
                      "dev_frame_acc": ckpt_meta.get("dev_acc"), "epoch": ckpt_meta.get("epoch")},
         "wer": {"recipe_test_wer": dec.get("wer"), "recipe_dev_wer": dec.get("dev_wer"), "recipe_cmvn": "speaker"},
         "files": {"torchscript": "model.pt", "onnx": "model.onnx", **({"onnx_int8": "model.int8.onnx"} if int8 else {}),
-                  "graph": "HCLG.fst", "words": "words.txt", "tid2pdf": "tid2pdf.txt"},
+                  "graph": "HCLG.fst", "words": "words.txt", "tid2pdf": "tid2pdf.txt", "tree": "tree"},
         "onnx_opset": ONNX_OPSET,
     }
 
@@ -212,7 +251,7 @@ def export_model(exp_dir: Pathlike, model_ckpt: Pathlike, out_dir: Pathlike, sys
     _export_onnx(module, out_dir / "model.onnx", example)
     if int8:
         quantize_int8(out_dir / "model.onnx", out_dir / "model.int8.onnx")
-    for src in (exp.hclg_path, exp.words_path, exp.tid2pdf_path):
+    for src in (exp.hclg_path, exp.words_path, exp.tid2pdf_path, exp.inventory_dir / "tree"):
         shutil.copyfile(src, out_dir / src.name)
     card = {**_model_card(exp, module, Path(model_ckpt), system or Path(model_ckpt).parent.name, cmvn, int8),
             **(extra_card or {})}

@@ -152,10 +152,13 @@ class Transcriber:
 
     def loglikes(self, path) -> np.ndarray:
         wave = load_audio(path, self.sample_rate)
-        if self.card.get("cmvn") != "global":  # per-utterance statistics need the whole recording at once
+        cmvn = self.card.get("cmvn")
+        if cmvn not in ("global", "sliding"):  # per-utterance statistics need the whole recording at once
             return self.model(wave)
         context = self.card.get("context", {})
         margin = max(int(context.get("left", 0)), int(context.get("right", 0))) + 2
+        if cmvn == "sliding":  # a kept frame's window (shifted up to a half inward at the recording's edges) in its piece
+            margin += int(self.card["cmvn_window"])
         return chunked_loglikes(self.model, wave, self.CHUNK_FRAMES, margin)
 
     def __call__(self, path) -> List[str]:

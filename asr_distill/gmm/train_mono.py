@@ -15,7 +15,7 @@ from .align import AlignmentError, TrainingGraphs, align_utterances
 from .inventory import StateInventory
 from .model import GmmModel
 
-__all__ = ["train_monophone", "equal_alignments", "accumulate_stats"]
+__all__ = ["train_monophone", "equal_alignments", "accumulate_stats", "mle_update"]
 
 log = logging.getLogger(__name__)
 
@@ -56,26 +56,27 @@ def equal_alignments(graphs: TrainingGraphs, feats: Mapping[str, np.ndarray], se
 
 
 def accumulate_stats(am, inventory: StateInventory, feats: Mapping[str, np.ndarray], alis: Mapping[str, List[int]]):
+    """Gaussian statistics of the aligned frames, and transition counts (Kaldi's TransitionModel::Accumulate adds
+    each frame's transition-id once: a bincount)."""
     accs = khg.AccumAmDiagGmm()
     accs.init(model=am, flags=khg.GmmUpdateFlags.kGmmAll)
-    tstats = inventory.transition_model.init_stats()
-    tm = inventory.transition_model
     tid2pdf = inventory.tid2pdf
+    all_tids = []
     for utt, ali in alis.items():
         f = torch.from_numpy(np.ascontiguousarray(feats[utt]))
         for t, tid in enumerate(ali):
-            # the binding returns the updated statistics (a copy); it does not update ``tstats`` in place
-            tstats = tm.accumulate(prob=1.0, trans_id=int(tid), stats=tstats)
             accs.accumulate_for_gmm(model=am, data=f[t], gmm_index=int(tid2pdf[tid]), weight=1.0)
+        all_tids.append(np.asarray(ali, dtype=np.int64))
+    tstats = np.bincount(np.concatenate(all_tids), minlength=inventory.num_transition_ids + 1).astype(np.float64)
     return accs, tstats
 
 
-def _mle_update(am, inventory: StateInventory, accs, tstats, target_gauss: int, opts) -> None:
+def mle_update(am, inventory: StateInventory, accs, tstats, target_gauss: int, opts, power: float = 0.2) -> None:
     """Re-estimate transitions and Gaussians, then split Gaussians towards ``target_gauss`` (``gmm-est --mix-up``)."""
     inventory.update_transitions(np.asarray(tstats, dtype=np.float64))
     khg.mle_am_diag_gmm_update(config=opts, amdiag_gmm_acc=accs, flags=khg.str_to_gmm_flags("mvwt"), am_gmm=am)
     occs = torch.tensor([accs.get_acc(j).occupancy.sum().item() for j in range(accs.num_accs)], dtype=torch.float32)
-    am.split_by_count(state_occs=occs, target_components=target_gauss, perturb_factor=0.01, power=0.2,
+    am.split_by_count(state_occs=occs, target_components=target_gauss, perturb_factor=0.01, power=power,
                       min_count=20.0)
 
 
@@ -93,7 +94,7 @@ def train_monophone(inventory: StateInventory, graphs: TrainingGraphs, feats: Ma
     inc_gauss = max(0, (total_gauss - num_gauss) // max_iter_inc)
     first_opts = khg.MleDiagGmmOptions()
     first_opts.min_gaussian_occupancy = 3  # first pass: few frames per state
-    _mle_update(am, inventory, *accumulate_stats(am, inventory, feats, alis), num_gauss, first_opts)
+    mle_update(am, inventory, *accumulate_stats(am, inventory, feats, alis), num_gauss, first_opts)
     opts = khg.MleDiagGmmOptions()
     beam = 6.0
     bar = tqdm(range(1, num_iters), desc="GMM-HMM training", disable=not progress)
@@ -104,7 +105,7 @@ def train_monophone(inventory: StateInventory, graphs: TrainingGraphs, feats: Ma
             if failed:
                 log.warning("iteration %d: %d utterance(s) failed to align: %s", it, len(failed), failed[:5])
             bar.set_postfix(loglike=f"{avg:.3f}", gauss=am.num_gauss)
-        _mle_update(am, inventory, *accumulate_stats(am, inventory, feats, alis), num_gauss, opts)
+        mle_update(am, inventory, *accumulate_stats(am, inventory, feats, alis), num_gauss, opts)
         if it <= max_iter_inc:
             num_gauss += inc_gauss
     log.info("monophone GMM: %d pdfs, %d Gaussians", am.num_pdfs, am.num_gauss)

@@ -1,99 +1,213 @@
-"""Stage 3: the monophone GMM-HMM, its decoding graph, the frame labels of every split (stored with the fbank
-cuts), and the GMM scored like every other system."""
+"""Stage 3: the GMM-HMM bootstrap as a chain of systems (Kaldi's mono -> tri1 -> tri2 -> tri3), each aligning the
+training data for the next and each decoded and scored; the last one's alignments label every frame (the DNNs'
+targets, stored with the fbank cuts) and its graph is the one every later system is decoded with."""
 from __future__ import annotations
 
 import logging
 import shutil
 import time
-from typing import Dict, Mapping, Tuple
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..data.arrays import attach_frame_arrays
 from ..data.corpus import SPLITS
-from ..data.features import add_deltas
-from ..decode.priors import pdf_counts
+from ..decode.backend import DecodingConfig, decode_loglikes
+from ..decode.priors import log_priors_from_counts, pdf_counts
 from ..decode.scorer import GMM_SCALES, Scorer
+from ..decode.scoring import words_of
 from ..experiment import Experiment
-from ..gmm import GmmModel, StateInventory, TrainingGraphs, align_utterances, train_monophone
+from ..fst import invert_symbols, read_symbols, read_tid2pdf
+from ..gmm import StateInventory, TrainingGraphs, align_utterances, train_monophone
+from ..gmm.features import GmmFeatures
+from ..gmm.system import DESCRIPTIONS, GMM_SYSTEMS, GmmSystem, check_gmm_systems
+from ..gmm.train_lda_mllt import train_lda_mllt
+from ..gmm.train_sat import estimate_speaker_fmllr, train_sat
+from ..gmm.train_tri import TriphoneConfig, train_triphone
 from ..lang import Lang, make_hclg
-from ..utils import atomic_path, atomic_write_text
+from ..utils import atomic_path, atomic_write_text, read_json, write_json
 
-__all__ = ["stage_gmm", "gmm_features"]
+__all__ = ["stage_gmm", "gmm_features", "GMM_SYSTEMS", "check_gmm_systems", "GmmSystem", "load_targets_system",
+           "system_features"]
 
 log = logging.getLogger(__name__)
 
+def load_targets_system(exp: Experiment) -> GmmSystem:
+    """The GMM system whose alignments label the DNNs' frames (the last of the chain stage 3 trained)."""
+    return GmmSystem.load(exp.gmm_system_dir(read_json(exp.gmm_dir / "targets.json")["system"]))
+
+
+def system_features(exp: Experiment, system: GmmSystem, split: str) -> Dict[str, np.ndarray]:
+    """What ``system`` reads for ``split`` (its speaker transforms of that split included)."""
+    return system.features(split, exp.features("mfcc", split), exp.speakers(split))
+
 
 def gmm_features(exp: Experiment, split: str) -> Dict[str, np.ndarray]:
-    """MFCC + deltas + delta-deltas, per-speaker mean-normalised: what the GMM reads."""
-    return {u: add_deltas(f) for u, f in exp.features("mfcc", split).items()}
+    """MFCC + deltas + delta-deltas, per-speaker mean-normalised: what the monophone and tri1 systems read."""
+    return GmmFeatures("delta").speaker_independent(exp.features("mfcc", split))
 
 
-def _train_or_reuse(exp: Experiment, lang: Lang, feats: Mapping[str, np.ndarray], texts: Mapping[str, str],
-                    num_iters: int, total_gauss: int, reuse: bool) -> Tuple[StateInventory, TrainingGraphs, GmmModel]:
-    inventory = StateInventory.monophone(lang)
-    reuse = reuse and exp.gmm_model_path.exists() and (exp.inventory_dir / "transition_stats.npy").exists()
-    if reuse:  # an earlier run of this stage finished training before it was interrupted
-        inventory = StateInventory.load(exp.inventory_dir)
-    graphs = TrainingGraphs(lang, inventory, texts)
-    if reuse:
-        log.info("reusing the trained GMM in %s", exp.gmm_model_path)
-        return inventory, graphs, GmmModel.load(exp.gmm_model_path)
-    t0 = time.time()
-    gmm, _ = train_monophone(inventory, graphs, feats, num_iters=num_iters, total_gauss=total_gauss)
-    log.info("GMM training took %.0f s", time.time() - t0)
-    inventory.save(exp.inventory_dir)
-    gmm.save(exp.gmm_model_path)  # last: its presence means training finished
-    # Align and build the graph with the inventory as stored, which every later reader gets: re-estimating the
-    # transitions once from the final counts differs from the training's sequence of updates for states below the
-    # minimum count, which keep their previous probabilities.
-    return StateInventory.load(exp.inventory_dir), graphs, gmm
+class _Corpus:
+    """The MFCCs, transcripts and speakers of every split, read once for the whole chain."""
+
+    def __init__(self, exp: Experiment):
+        self.mfcc = {s: exp.features("mfcc", s) for s in SPLITS}
+        self.texts = {s: exp.texts(s) for s in SPLITS}
+        self.speakers = {s: exp.speakers(s) for s in SPLITS}
+
+    def feats(self, system: GmmSystem, split: str) -> Dict[str, np.ndarray]:
+        return system.features(split, self.mfcc[split], self.speakers[split])
 
 
-def _align_split(exp: Experiment, split: str, inventory: StateInventory, graphs: TrainingGraphs, am,
-                 feats: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """Forced alignment of ``split``; its fbank cuts with the frames' pdf-ids become ``gmm/cuts_<split>``."""
-    alis, failed, avg = align_utterances(am, inventory, graphs, feats)
-    atomic_write_text(exp.align_failed_path(split), "".join(f"{u}\n" for u in failed))
-    if failed:
-        log.warning("%s: %d utterance(s) could not be aligned and get no frame labels (listed in %s): %s", split,
-                    len(failed), exp.align_failed_path(split), failed[:10])
-    log.info("%s: aligned %d utterances, avg log-likelihood per frame %.3f", split, len(alis), avg)
-    pdf_alis = {u: inventory.tids_to_pdfs(a).astype(np.int32) for u, a in alis.items()}
-    storage = exp.pdf_ids_dir(split)
-    shutil.rmtree(storage, ignore_errors=True)  # a redone stage leaves no arrays of utterances that now failed
-    attach_frame_arrays(((c, {"pdf_ids": pdf_alis[c.id]}) for c in exp.cuts(split, "fbank") if c.id in pdf_alis),
-                        storage, exp.labelled_cuts_path(split))
-    return pdf_alis
+def _train(name: str, prev: Optional[GmmSystem], lang: Lang, data: _Corpus, opts: dict) -> GmmSystem:
+    texts, mfcc = data.texts["train"], data.mfcc["train"]
+    if name == "mono":
+        features = GmmFeatures("delta")
+        inventory = StateInventory.monophone(lang)
+        graphs = TrainingGraphs(lang, inventory, texts)
+        gmm, alis = train_monophone(inventory, graphs, features.speaker_independent(mfcc),
+                                    num_iters=opts["num_iters"], total_gauss=opts["total_gauss"])
+        return GmmSystem(name, features, inventory, gmm, alis)
+    config = TriphoneConfig(num_leaves=opts["num_leaves"], total_gauss=opts["tri_gauss"],
+                            min_gain=opts["tree_min_gain"])
+    if name == "tri1":
+        features = GmmFeatures("delta")
+        inventory, gmm, alis, _ = train_triphone(lang, prev.inventory, prev.train_alis,
+                                                 features.speaker_independent(mfcc), texts, config, name=name)
+    elif name == "tri2":
+        inventory, gmm, alis, features = train_lda_mllt(lang, prev.inventory, prev.train_alis, mfcc, texts, config)
+    else:
+        inventory, gmm, alis, features = train_sat(lang, prev.inventory, prev.gmm, prev.features, prev.train_alis,
+                                                   mfcc, data.speakers["train"], texts, config)
+    return GmmSystem(name, features, inventory, gmm, alis)
 
 
-def _write_graph(exp: Experiment, lang: Lang, inventory: StateInventory) -> None:
+def _write_graph(lang: Lang, inventory: StateInventory, graph_dir: Path) -> None:
     hclg = make_hclg(lang, inventory)
-    with atomic_path(exp.hclg_path) as tmp:
+    graph_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(graph_dir / "HCLG.fst") as tmp:
         hclg.write(tmp)
     for name in ("words.txt", "phones.txt"):
-        atomic_write_text(exp.graph_dir / name, (exp.lang_dir / name).read_text())
-    atomic_write_text(exp.tid2pdf_path, (exp.inventory_dir / "tid2pdf.txt").read_text())
+        atomic_write_text(graph_dir / name, (lang.dir / name).read_text())
+    inventory.tree.write(binary=True, filename=str(graph_dir / "tree"))
+    atomic_write_text(graph_dir / "tid2pdf.txt", (graph_dir.parent / "inventory" / "tid2pdf.txt").read_text())
 
 
-def stage_gmm(exp: Experiment, num_iters: int = 40, total_gauss: int = 1000, jobs: int = 2,
-              beam: float = 13.0, reuse_trained: bool = True) -> dict:
-    """Stage 3: monophone GMM-HMM training, HCLG with its transition model, forced alignment of train / dev / test,
-    acoustic scale tuned on dev, test decoded; returns the results row.  ``reuse_trained``: a GMM whose training
-    finished in an interrupted earlier run of this stage is reused (False: trained anew)."""
-    lang = Lang.load(exp.lang_dir)
-    feats = {s: gmm_features(exp, s) for s in SPLITS}
-    texts = {s: exp.texts(s) for s in SPLITS}
-    inventory, graphs, gmm = _train_or_reuse(exp, lang, feats["train"], texts["train"], num_iters, total_gauss,
-                                             reuse_trained)
-    am = gmm.to_am()
-    pdf_alis = {}
+def _align(system: GmmSystem, lang: Lang, texts: Mapping[str, str], feats: Mapping[str, np.ndarray]
+           ) -> Tuple[Dict[str, List[int]], List[str]]:
+    graphs = TrainingGraphs(lang, system.inventory, {u: texts[u] for u in feats})
+    alis, failed, avg = align_utterances(system.gmm.to_am(), system.inventory, graphs, feats)
+    log.info("%s: aligned %d utterances (%d failed), avg log-likelihood per frame %.3f", system.name, len(alis),
+             len(failed), avg)
+    return alis, failed
+
+
+def _first_pass_fmllr(exp: Experiment, system: GmmSystem, si: GmmSystem, lang: Lang, data: _Corpus, split: str,
+                      jobs: int, beam: float) -> Dict[str, np.ndarray]:
+    """Speaker transforms for a split without using its transcripts (Kaldi's decode_fmllr.sh): decode with the
+    speaker-independent system at its tuned scale, align those hypotheses with the SAT model (twice: on the
+    unadapted, then on the adapted features) and estimate each speaker's fMLLR from them, silence weighted 0.01."""
+    si_dir = exp.gmm_system_dir(si.name)
+    tuned = read_json(exp.decode_dir(f"gmm-{si.name}") / "wer.json")
+    config = DecodingConfig(beam=beam, acoustic_scale=tuned["acoustic_scale"], word_penalty=tuned["word_penalty"])
+    si_feats = data.feats(si, split)
+    ids = decode_loglikes(si_dir / "graph" / "HCLG.fst", read_tid2pdf(si_dir / "graph" / "tid2pdf.txt"),
+                          {u: si.gmm.loglikes(f) for u, f in si_feats.items()}, config, jobs)
+    id2word = invert_symbols(read_symbols(si_dir / "graph" / "words.txt"))
+    hyps = {u: " ".join(words_of(h, id2word)) for u, h in ids.items()}
+    base = system.features.speaker_independent(data.mfcc[split])
+    transforms: Dict[str, np.ndarray] = {}
+    for _ in range(2):
+        adapted = GmmFeatures(system.features.kind, system.features.splice, system.features.lda_mllt,
+                              {split: transforms})(split, data.mfcc[split], data.speakers[split])
+        alis, _ = _align(system, lang, hyps, adapted)
+        transforms = estimate_speaker_fmllr(system.gmm, system.inventory, base, alis, data.speakers[split],
+                                            lang.silence_phones, silence_weight=0.01, previous=transforms)
+    return transforms
+
+
+def _score(exp: Experiment, system: GmmSystem, lang: Lang, data: _Corpus, jobs: int, beam: float) -> dict:
+    """Decode dev and test with the system's own graph (scale tuned on dev) and its own frame labels."""
+    feats = {s: data.feats(system, s) for s in ("dev", "test")}
+    labels = {}
+    for s in ("dev", "test"):
+        alis, _ = _align(system, lang, data.texts[s], feats[s])
+        labels[s] = {u: system.inventory.tids_to_pdfs(a) for u, a in alis.items()}
+    counts = pdf_counts([system.inventory.tids_to_pdfs(a) for a in system.train_alis.values()],
+                        system.inventory.num_pdfs)
+    scorer = Scorer(exp, jobs, beam, graph_dir=exp.gmm_system_dir(system.name) / "graph", labels=labels,
+                    log_priors=log_priors_from_counts(counts))
+    loglikes = {s: {u: system.gmm.loglikes(f) for u, f in feats[s].items()} for s in feats}
+    gmm = system.gmm
+    return scorer.evaluate(f"gmm-{system.name}", "gmm", loglikes, int(gmm.means.size * 2 + gmm.weights.size),
+                           {"num_gauss": int(gmm.weights.size), "num_pdfs": system.inventory.num_pdfs,
+                            "system": DESCRIPTIONS[system.name],
+                            "train_seconds": read_json(exp.gmm_system_dir(system.name) / "system.json")
+                            ["train_seconds"]}, scales=GMM_SCALES)
+
+
+def _write_targets(exp: Experiment, system: GmmSystem, lang: Lang, data: _Corpus) -> None:
+    """The last system labels every frame: forced alignment of each split (its fbank cuts with the frames' pdf-ids
+    become ``gmm/cuts_<split>``), the training pdf counts, and its inventory and graph as the experiment's."""
     for split in SPLITS:
-        split_graphs = graphs if split == "train" else TrainingGraphs(lang, inventory, texts[split])
-        pdf_alis[split] = _align_split(exp, split, inventory, split_graphs, am, feats[split])
-    with atomic_path(exp.pdf_counts_path) as tmp:
-        np.save(tmp, pdf_counts(list(pdf_alis["train"].values()), inventory.num_pdfs))
-    _write_graph(exp, lang, inventory)
-    loglikes = {s: {u: gmm.loglikes(f) for u, f in feats[s].items()} for s in ("dev", "test")}
-    return Scorer(exp, jobs, beam).evaluate("gmm-mono", "gmm", loglikes, int(gmm.means.size * 2 + gmm.weights.size),
-                                            {"num_gauss": int(gmm.weights.size)}, scales=GMM_SCALES)
+        alis, failed = _align(system, lang, data.texts[split], data.feats(system, split))
+        atomic_write_text(exp.align_failed_path(split), "".join(f"{u}\n" for u in failed))
+        if failed:
+            log.warning("%s: %d utterance(s) could not be aligned and get no frame labels (listed in %s): %s",
+                        split, len(failed), exp.align_failed_path(split), failed[:10])
+        pdf_alis = {u: system.inventory.tids_to_pdfs(a).astype(np.int32) for u, a in alis.items()}
+        if split == "train":
+            with atomic_path(exp.pdf_counts_path) as tmp:
+                np.save(tmp, pdf_counts(list(pdf_alis.values()), system.inventory.num_pdfs))
+        storage = exp.pdf_ids_dir(split)
+        shutil.rmtree(storage, ignore_errors=True)  # a redone stage leaves no arrays of utterances that now failed
+        attach_frame_arrays(((c, {"pdf_ids": pdf_alis[c.id]}) for c in exp.cuts(split, "fbank") if c.id in pdf_alis),
+                            storage, exp.labelled_cuts_path(split))
+    src = exp.gmm_system_dir(system.name)
+    for name in ("inventory", "graph"):
+        dst = exp.gmm_dir / name
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src / name, tmp)
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.rename(dst)
+    write_json({"system": system.name, "description": DESCRIPTIONS[system.name]}, exp.gmm_dir / "targets.json")
+
+
+def stage_gmm(exp: Experiment, systems: Sequence[str] = GMM_SYSTEMS, num_iters: int = 40, total_gauss: int = 1000,
+              num_leaves: int = 2000, tri_gauss: int = 10000, tree_min_gain: float = 300.0, jobs: int = 2,
+              beam: float = 13.0, reuse_trained: bool = True) -> List[dict]:
+    """Stage 3: train, decode and score each GMM system of ``systems`` in turn; the last one's alignments are the
+    DNNs' targets.  ``reuse_trained``: systems whose training finished (with the same options) in an interrupted
+    earlier run are reused (False: everything is trained anew).  Returns the results rows."""
+    systems = check_gmm_systems(systems)
+    lang = Lang.load(exp.lang_dir)
+    data = _Corpus(exp)
+    opts = {"num_iters": num_iters, "total_gauss": total_gauss, "num_leaves": num_leaves, "tri_gauss": tri_gauss,
+            "tree_min_gain": tree_min_gain}
+    rows, prev = [], None
+    for name in systems:
+        out = exp.gmm_system_dir(name)
+        meta = out / "system.json"
+        own = {k: opts[k] for k in (("num_iters", "total_gauss") if name == "mono" else
+                                    ("num_leaves", "tri_gauss", "tree_min_gain"))}
+        own["after"] = prev.name if prev else None
+        if reuse_trained and meta.exists() and read_json(meta)["options"] == own:
+            log.info("%s: reusing the trained system in %s", name, out)
+            system = GmmSystem.load(out)
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+            t0 = time.time()
+            system = _train(name, prev, lang, data, opts)
+            system.save(out, own, time.time() - t0)
+            system = GmmSystem.load(out)  # as every later reader gets it (transitions re-estimated from counts)
+        _write_graph(lang, system.inventory, out / "graph")
+        if system.features.speaker_adapted:
+            for split in ("dev", "test"):
+                system.features.fmllr[split] = _first_pass_fmllr(exp, system, prev, lang, data, split, jobs, beam)
+            system.features.save(out)
+        rows.append(_score(exp, system, lang, data, jobs, beam))
+        prev = system
+    _write_targets(exp, prev, lang, data)
+    return rows

@@ -16,7 +16,8 @@
 #                        `train-teachers` / `distill`
 #
 # Stages (each skipped when EXP/.done/<name> exists; --force redoes the selected ones):
-#   0 manifests   1 features   2 lang + HCLG   3 GMM-HMM + alignments + GMM decode
+#   0 manifests   1 features   2 lang + HCLG   3 GMM chain mono -> tri1 -> tri2 (LDA+MLLT) -> tri3 (SAT), each
+#   decoded; the last one's alignments label the frames (--gmm-args "--gmm-stages mono" for monophone targets)
 #   4 teachers    5 teacher + ensemble evaluation   6 distillation   7 results table   8 export
 set -euo pipefail
 
@@ -90,7 +91,7 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
   asr-distill lang "${common[@]}" ${lexicon:+--lexicon "$lexicon"} "${lang_args[@]}"
 fi
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
-  log "stage 3: monophone GMM-HMM, alignments, GMM decode"
+  log "stage 3: GMM-HMM chain (senones from tied-state triphone trees), alignments, GMM decodes"
   asr-distill gmm "${common[@]}" --jobs $jobs ${gmm_args:-}
 fi
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then

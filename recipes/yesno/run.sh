@@ -14,5 +14,5 @@ stop_stage=7
 num_teachers=2
 teacher_args="--hidden-dim 128 --num-layers 2 --left-context 3 --right-context 3 --dropout 0 --epochs 4 --batch-size 128"
 distill_args="--experiments table1"
-gmm_args="--num-iters 10 --total-gauss 50"
+gmm_args="--gmm-stages mono --num-iters 10 --total-gauss 50"  # as Kaldi's yesno: two words need no context
 source "$(dirname "$0")/../common/stages.sh"
