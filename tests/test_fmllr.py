@@ -260,13 +260,13 @@ def _bad_calls():
     relaid = GmmModel(gmm.pdf_of_gauss[::-1].copy(), gmm.weights, gmm.means, gmm.variances)
     stats = FmllrStats(DIM)
     return [
-        ("features must be", lambda: stats.accumulate(gmm, feats[:, :-1], ids)),
+        ("features have dimension", lambda: stats.accumulate(gmm, feats[:, :-1], ids)),
         ("the GMM has dimension", lambda: stats.accumulate(small, feats, ids)),
-        ("pdf-ids for", lambda: stats.accumulate(gmm, feats, ids[:-1])),
+        ("one pdf-id per frame", lambda: stats.accumulate(gmm, feats, ids[:-1])),
         ("out of range", lambda: stats.accumulate(gmm, feats, np.r_[ids[:-1], NUM_PDFS])),
-        ("out of range", lambda: stats.accumulate(gmm, feats, np.r_[-1, ids[1:]])),
+        ("non-negative", lambda: stats.accumulate(gmm, feats, np.r_[-1, ids[1:]])),
         ("integer", lambda: stats.accumulate(gmm, feats, ids.astype(float))),
-        ("one per frame", lambda: stats.accumulate(gmm, feats, ids, np.ones(len(ids) + 1))),
+        ("one weight per frame", lambda: stats.accumulate(gmm, feats, ids, np.ones(len(ids) + 1))),
         ("non-negative", lambda: stats.accumulate(gmm, feats, ids, -np.ones(len(ids)))),
         ("NaN", lambda: stats.accumulate(gmm, np.full_like(feats, np.nan), ids)),
         ("layout", lambda: stats.accumulate(gmm, feats, ids, gpost_gmm=relaid)),

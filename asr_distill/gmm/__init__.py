@@ -2,7 +2,8 @@
 system.  :mod:`.inventory` (topology, tree, transition model), :mod:`.model` (diagonal GMMs as arrays),
 :mod:`.align` (forced alignment), :mod:`.train_mono` (Kaldi's monophone schedule), :mod:`.tree_stats`,
 :mod:`.questions` and :mod:`.tree` (tied-state triphone trees), :mod:`.train_tri` (train_deltas.sh),
-:mod:`.lda_mllt` and :mod:`.train_lda_mllt` (train_lda_mllt.sh), :mod:`.fmllr` and :mod:`.train_sat`
+:mod:`.posteriors` (Gaussian posteriors within an aligned pdf), :mod:`.lda_mllt` and :mod:`.train_lda_mllt`
+(train_lda_mllt.sh), :mod:`.fmllr` and :mod:`.train_sat`
 (train_sat.sh), :mod:`.features` (what each system reads), :mod:`.system` (one system of the chain)."""
 from .align import AlignmentError, TrainingGraphs, align_utterances
 from .features import GmmFeatures

@@ -21,9 +21,9 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import scipy.sparse as sp
 
 from .model import GmmModel
+from .posteriors import _as_feats, _as_labels, _as_weights, gaussian_posteriors
 
 __all__ = ["FmllrStats", "apply_fmllr", "estimate_fmllr", "fmllr_objective"]
 
@@ -44,64 +44,11 @@ def _check_frames(gmm: GmmModel, dim: int, feats, pdf_ids, weights) -> tuple[np.
     """Validated float64 frames, int pdf-ids and per-frame weights (ValueError on any mismatch)."""
     if _gmm_dim(gmm) != dim:
         raise ValueError(f"the GMM has dimension {_gmm_dim(gmm)}, the fMLLR statistics {dim}")
-    x = np.asarray(feats, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] != dim:
-        raise ValueError(f"features must be (frames, {dim}), got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError("features contain NaN or infinite values")
-    ids = np.asarray(pdf_ids)
-    if ids.size == 0:
-        ids = ids.astype(np.int64)
-    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"pdf_ids must be a 1-D integer array, got shape {ids.shape} dtype {ids.dtype}")
-    if len(ids) != len(x):
-        raise ValueError(f"{len(ids)} pdf-ids for {len(x)} frames: labels and features must have equal length")
-    gauss_per_pdf = np.bincount(gmm.pdf_of_gauss, minlength=gmm.num_pdfs)
-    if len(ids) and (ids.min() < 0 or ids.max() >= len(gauss_per_pdf)):
-        bad = ids[(ids < 0) | (ids >= len(gauss_per_pdf))][0]
-        raise ValueError(f"pdf-id {bad} out of range: the GMM has pdfs 0..{len(gauss_per_pdf) - 1}")
-    if len(ids) and (gauss_per_pdf[ids] == 0).any():
-        raise ValueError(f"pdf-id {ids[gauss_per_pdf[ids] == 0][0]} has no Gaussians in the GMM")
-    w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (len(x),):
-        raise ValueError(f"weights must be one per frame ({len(x)},), got shape {w.shape}")
-    if not (np.isfinite(w).all() and (w >= 0).all()):
-        raise ValueError("weights must be finite and non-negative")
-    return x, ids.astype(np.int64), w
-
-
-def _aligned_gauss_posteriors(gmm: GmmModel, feats: np.ndarray, pdf_ids: np.ndarray) -> sp.csr_matrix:
-    """(frames, Gaussians) posteriors of each frame over the Gaussians of its aligned pdf only (rows sum to one).
-
-    Frames are grouped by pdf so each group is one matmul against its pdf's Gaussians: a loop over the pdfs
-    present, never over frames."""
-    gauss = np.argsort(gmm.pdf_of_gauss, kind="stable")  # Gaussians grouped by pdf: each pdf a contiguous slice
-    bounds = np.searchsorted(gmm.pdf_of_gauss[gauss], np.arange(gmm.num_pdfs + 1))
-    means, inv = gmm.means[gauss], 1.0 / gmm.variances[gauss]
-    # log w + log N(x; mu, var) = [x, x*x] . [mu/var, -1/(2 var)] + const: one matmul per pdf group
-    proj = np.hstack([means * inv, -0.5 * inv])
-    with np.errstate(divide="ignore"):  # a zero-weight Gaussian gets log weight -inf, i.e. posterior zero
-        const = np.log(gmm.weights[gauss]) - 0.5 * (np.log(2 * np.pi / inv).sum(1) + (means * means * inv).sum(1))
-    order = np.argsort(pdf_ids, kind="stable")
-    sorted_ids = pdf_ids[order]
-    xx = np.hstack([feats, feats * feats])[order]
-    pdfs, starts, counts = np.unique(sorted_ids, return_index=True, return_counts=True)
-    vals = []
-    for pdf, s, n in zip(pdfs.tolist(), starts.tolist(), counts.tolist()):
-        lo, hi = bounds[pdf], bounds[pdf + 1]
-        if hi - lo == 1:  # a single-Gaussian pdf: posterior one
-            vals.append(np.ones(n))
-            continue
-        ll = xx[s:s + n] @ proj[lo:hi].T + const[lo:hi]
-        post = np.exp(ll - ll.max(1, keepdims=True))
-        vals.append((post / post.sum(1, keepdims=True)).ravel())
-    # The (frame, Gaussian) of each value above: frames in grouped order, each followed by its pdf's Gaussians.
-    per_frame = (bounds[1:] - bounds[:-1])[sorted_ids]
-    rows = np.repeat(order, per_frame)
-    within = np.arange(per_frame.sum()) - np.repeat(np.cumsum(per_frame) - per_frame, per_frame)
-    cols = gauss[np.repeat(bounds[sorted_ids], per_frame) + within]
-    data = np.concatenate(vals) if vals else np.zeros(0)
-    return sp.csr_matrix((data, (rows, cols)), shape=(len(feats), len(gmm.weights)))
+    x = _as_feats(feats, dim)
+    ids = _as_labels(pdf_ids, len(x))
+    if len(ids) and ids.max() >= gmm.num_pdfs:
+        raise ValueError(f"pdf-id {ids.max()} out of range: the GMM has pdfs 0..{gmm.num_pdfs - 1}")
+    return x, ids, _as_weights(weights, len(x))
 
 
 def _weighted_scatters(scales: np.ndarray, xp: np.ndarray) -> np.ndarray:
@@ -159,7 +106,7 @@ class FmllrStats:
         x, ids, w = x[keep], ids[keep], w[keep]
         if not len(x):
             return
-        post = _aligned_gauss_posteriors(post_gmm, x, ids)
+        post, _ = gaussian_posteriors(post_gmm, x, ids)
         inv = 1.0 / gmm.variances
         # Per frame, the posterior-weighted mu/var (linear term) and 1/var (quadratic term) of its Gaussians.
         lin = w[:, None] * (post @ (gmm.means * inv))

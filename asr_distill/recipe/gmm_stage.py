@@ -127,7 +127,8 @@ def _first_pass_fmllr(exp: Experiment, system: GmmSystem, si: GmmSystem, lang: L
     return transforms
 
 
-def _score(exp: Experiment, system: GmmSystem, lang: Lang, data: _Corpus, jobs: int, beam: float) -> dict:
+def _score(exp: Experiment, system: GmmSystem, lang: Lang, data: _Corpus, jobs: int, beam: float,
+           scorer_options: Optional[dict] = None) -> dict:
     """Decode dev and test with the system's own graph (scale tuned on dev) and its own frame labels."""
     feats = {s: data.feats(system, s) for s in ("dev", "test")}
     labels = {}
@@ -136,15 +137,16 @@ def _score(exp: Experiment, system: GmmSystem, lang: Lang, data: _Corpus, jobs: 
         labels[s] = {u: system.inventory.tids_to_pdfs(a) for u, a in alis.items()}
     counts = pdf_counts([system.inventory.tids_to_pdfs(a) for a in system.train_alis.values()],
                         system.inventory.num_pdfs)
+    options = {"scales": GMM_SCALES, **(scorer_options or {})}
     scorer = Scorer(exp, jobs, beam, graph_dir=exp.gmm_system_dir(system.name) / "graph", labels=labels,
-                    log_priors=log_priors_from_counts(counts))
+                    log_priors=log_priors_from_counts(counts), **options)
     loglikes = {s: {u: system.gmm.loglikes(f) for u, f in feats[s].items()} for s in feats}
     gmm = system.gmm
     return scorer.evaluate(f"gmm-{system.name}", "gmm", loglikes, int(gmm.means.size * 2 + gmm.weights.size),
                            {"num_gauss": int(gmm.weights.size), "num_pdfs": system.inventory.num_pdfs,
                             "system": DESCRIPTIONS[system.name],
                             "train_seconds": read_json(exp.gmm_system_dir(system.name) / "system.json")
-                            ["train_seconds"]}, scales=GMM_SCALES)
+                            ["train_seconds"]})
 
 
 def _write_targets(exp: Experiment, system: GmmSystem, lang: Lang, data: _Corpus) -> None:
@@ -177,10 +179,11 @@ def _write_targets(exp: Experiment, system: GmmSystem, lang: Lang, data: _Corpus
 
 def stage_gmm(exp: Experiment, systems: Sequence[str] = GMM_SYSTEMS, num_iters: int = 40, total_gauss: int = 1000,
               num_leaves: int = 2000, tri_gauss: int = 10000, tree_min_gain: float = 300.0, jobs: int = 2,
-              beam: float = 13.0, reuse_trained: bool = True) -> List[dict]:
+              beam: float = 13.0, reuse_trained: bool = True, scorer_options: Optional[dict] = None) -> List[dict]:
     """Stage 3: train, decode and score each GMM system of ``systems`` in turn; the last one's alignments are the
     DNNs' targets.  ``reuse_trained``: systems whose training finished (with the same options) in an interrupted
-    earlier run are reused (False: everything is trained anew).  Returns the results rows."""
+    earlier run are reused (False: everything is trained anew).  ``scorer_options``: the
+    :class:`~asr_distill.decode.scorer.Scorer`'s (default: the GMM scale grid).  Returns the results rows."""
     systems = check_gmm_systems(systems)
     lang = Lang.load(exp.lang_dir)
     data = _Corpus(exp)
@@ -207,7 +210,7 @@ def stage_gmm(exp: Experiment, systems: Sequence[str] = GMM_SYSTEMS, num_iters: 
             for split in ("dev", "test"):
                 system.features.fmllr[split] = _first_pass_fmllr(exp, system, prev, lang, data, split, jobs, beam)
             system.features.save(out)
-        rows.append(_score(exp, system, lang, data, jobs, beam))
+        rows.append(_score(exp, system, lang, data, jobs, beam, scorer_options))
         prev = system
     _write_targets(exp, prev, lang, data)
     return rows
