@@ -271,6 +271,7 @@ def test_cli_export(exp, trained, tmp_path):
     assert r.returncode == 0, r.stderr
     card = json.loads((out / "model_card.json").read_text())
     assert card["system"] == SYSTEM and (out / "model.int8.onnx").is_file()
+    assert card["cmvn"] == "sliding"  # the default: the deployed model does not depend on the input level
     assert card["context"] == {"left": LEFT, "right": RIGHT, "splicing": "edges repeated"}
     bad = subprocess.run([str(exe), "export", "--exp-dir", str(exp.dir), "--system", "no-such-system",
                           "--out-dir", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)

@@ -323,9 +323,10 @@ def results(exp_dir):
 @click.option("--system", required=True, help="system to export: teacher<k> (EXP/teachers) or a stage-6 name "
                                                "such as student (EXP/distill)")
 @click.option("--out-dir", required=True, type=click.Path(file_okay=False), help="model directory to write")
-@click.option("--cmvn", type=click.Choice(["global", "utterance", "sliding"]), default="global", show_default=True,
-              help="normalisation inside the graph: training-set global stats, the utterance's own, or a sliding "
-                   "600-frame mean with the global std (level-independent; Kaldi's apply-cmvn-sliding)")
+@click.option("--cmvn", type=click.Choice(["sliding", "global", "utterance"]), default="sliding", show_default=True,
+              help="normalisation inside the graph: a sliding 600-frame mean with the training std (Kaldi's "
+                   "apply-cmvn-sliding; does not depend on the input level), training-set global stats, or the "
+                   "utterance's own")
 @click.option("--no-int8", is_flag=True, help="skip the int8 (dynamically quantised) ONNX model")
 @click.option("--left-context", type=int, default=None,
               help="splicing context (default: EXP/teachers/teachers.json when it fits the model, else symmetric)")

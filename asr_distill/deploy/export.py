@@ -11,11 +11,12 @@ The exported graph computes, for ONE utterance::
     = (num_frames, num_pdfs) float32 pseudo log-likelihoods, ready for the decoder (times the acoustic scale).
 
 CMVN.  Training normalised with per-SPEAKER statistics; a deployed model sees one file and no speaker label, so the
-export chooses one of ``global`` (default: the training set's global mean / std, stored as constants in the graph),
-``utterance`` (mean and variance of the utterance itself, computed inside the graph) or ``sliding`` (Kaldi's
-``apply-cmvn-sliding --center``: the mean of a centred window of ``SLIDING_WINDOW`` frames, divided by the training
-set's std).  A change of input level adds a constant to every log-mel energy: ``utterance`` and ``sliding`` remove
-it, ``global`` does not.  ``global`` was better or
+export chooses one of ``sliding`` (default: Kaldi's ``apply-cmvn-sliding --center``, the mean of a centred window of
+``SLIDING_WINDOW`` frames, divided by the training set's std), ``global`` (the training set's global mean / std,
+stored as constants in the graph) or ``utterance`` (mean and variance of the utterance itself, computed inside the
+graph).  A change of input level adds a constant to every log-mel energy (except where the front end's floor holds
+it): ``sliding`` and ``utterance`` remove it, ``global`` does not.  ``sliding`` was chosen on AN4's dev WER over
+input levels 0.25x-2x (docs/RESULTS.md, section 8d).  ``global`` was better or
 equal on the slice's DEV set for every system tried (docs/RESULTS.md, section 5).  The choice is written to
 ``model_card.json`` (``cmvn``) together with the WER measured for it when available.
 
@@ -135,7 +136,7 @@ def model_context(exp: Experiment, config: dict, left: Optional[int], right: Opt
     return int(left), int(right)
 
 
-def build_exported_module(exp_dir: Pathlike, model_ckpt: Pathlike, cmvn: str = "global",
+def build_exported_module(exp_dir: Pathlike, model_ckpt: Pathlike, cmvn: str = "sliding",
                           left: Optional[int] = None, right: Optional[int] = None) -> ExportedAcousticModel:
     """The eager end-to-end module for a checkpoint of experiment ``exp_dir`` (priors, CMVN stats, context)."""
     exp = Experiment(exp_dir)
@@ -234,7 +235,7 @@ def _model_card(exp: Experiment, module: ExportedAcousticModel, model_ckpt: Path
 
 
 def export_model(exp_dir: Pathlike, model_ckpt: Pathlike, out_dir: Pathlike, system: Optional[str] = None,
-                 cmvn: str = "global", int8: bool = True, left: Optional[int] = None,
+                 cmvn: str = "sliding", int8: bool = True, left: Optional[int] = None,
                  right: Optional[int] = None, decoding: Optional[dict] = None, example_seconds: float = 1.3,
                  extra_card: Optional[dict] = None) -> dict:
     """Write the model directory ``out_dir`` (see the module docstring); returns the model card.
