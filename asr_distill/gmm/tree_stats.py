@@ -3,7 +3,7 @@ sum of squares of the frames an alignment gives it, and the Gaussian log-likelih
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 
@@ -40,15 +40,6 @@ class TreeStats:
         return TreeStats(self.windows[rows], self.pdf_classes[rows], self.counts[rows], self.sums[rows],
                          self.sumsqs[rows])
 
-    def save(self, path) -> None:
-        np.savez(path, windows=self.windows, pdf_classes=self.pdf_classes, counts=self.counts, sums=self.sums,
-                 sumsqs=self.sumsqs)
-
-    @classmethod
-    def load(cls, path) -> "TreeStats":
-        z = np.load(path, allow_pickle=False)
-        return cls(z["windows"], z["pdf_classes"], z["counts"], z["sums"], z["sumsqs"])
-
 
 def gauss_objf(counts: np.ndarray, sums: np.ndarray, sumsqs: np.ndarray, var_floor: float = VAR_FLOOR) -> np.ndarray:
     """Log-likelihood of data under its own maximum-likelihood diagonal Gaussian (Kaldi's GaussClusterable::Objf),
@@ -73,14 +64,13 @@ def phone_windows(phones: np.ndarray, starts: np.ndarray, context_width: int = 3
 
 def accumulate_tree_stats(frame_phones: Mapping[str, np.ndarray], frame_states: Mapping[str, np.ndarray],
                           phone_starts: Mapping[str, np.ndarray], feats: Mapping[str, np.ndarray],
-                          context_width: int = 3, central: int = 1, utts: Sequence[str] = ()) -> TreeStats:
+                          context_width: int = 3, central: int = 1) -> TreeStats:
     """Sum the frames of every utterance into (context window, pdf-class) events.
 
     ``frame_phones`` / ``frame_states`` / ``phone_starts``: per utterance and frame, the aligned phone, its pdf-class
     and whether a phone instance starts there (:meth:`StateInventory.frame_phones` gives all three)."""
-    utts = list(utts) or list(frame_phones)
     keys, xs = [], []
-    for utt in utts:
+    for utt in frame_phones:
         f = feats[utt]
         if len(f) != len(frame_phones[utt]):
             raise ValueError(f"utterance {utt}: {len(f)} feature frames but an alignment of "

@@ -20,7 +20,7 @@ from ..decode.scoring import words_of
 from ..experiment import Experiment
 from ..fst import invert_symbols, read_symbols, read_tid2pdf
 from ..gmm import StateInventory, TrainingGraphs, align_utterances, train_monophone
-from ..gmm.features import GmmFeatures
+from ..gmm.features import GmmFeatures, adapt
 from ..gmm.system import DESCRIPTIONS, GMM_SYSTEMS, GmmSystem, check_gmm_systems
 from ..gmm.train_lda_mllt import train_lda_mllt
 from ..gmm.train_sat import estimate_speaker_fmllr, train_sat
@@ -90,8 +90,9 @@ def _write_graph(lang: Lang, inventory: StateInventory, graph_dir: Path) -> None
         hclg.write(tmp)
     for name in ("words.txt", "phones.txt"):
         atomic_write_text(graph_dir / name, (lang.dir / name).read_text())
-    inventory.tree.write(binary=True, filename=str(graph_dir / "tree"))
-    atomic_write_text(graph_dir / "tid2pdf.txt", (graph_dir.parent / "inventory" / "tid2pdf.txt").read_text())
+    for name in ("tree", "tid2pdf.txt"):  # as the inventory saved them (atomically)
+        with atomic_path(graph_dir / name, suffix="") as tmp:
+            shutil.copyfile(graph_dir.parent / "inventory" / name, tmp)
 
 
 def _align(system: GmmSystem, lang: Lang, texts: Mapping[str, str], feats: Mapping[str, np.ndarray]
@@ -119,8 +120,7 @@ def _first_pass_fmllr(exp: Experiment, system: GmmSystem, si: GmmSystem, lang: L
     base = system.features.speaker_independent(data.mfcc[split])
     transforms: Dict[str, np.ndarray] = {}
     for _ in range(2):
-        adapted = GmmFeatures(system.features.kind, system.features.splice, system.features.lda_mllt,
-                              {split: transforms})(split, data.mfcc[split], data.speakers[split])
+        adapted = adapt(base, data.speakers[split], transforms)
         alis, _ = _align(system, lang, hyps, adapted)
         transforms = estimate_speaker_fmllr(system.gmm, system.inventory, base, alis, data.speakers[split],
                                             lang.silence_phones, silence_weight=0.01, previous=transforms)
