@@ -37,9 +37,10 @@ from .data.arrays import read_arrays_meta
 from .data.features import CmvnStats, load_features
 from .decode.priors import log_priors_from_counts
 from .nnet.frame_data import FrameSource
+from .provenance import describe_changes, stage_inputs
 from .utils import Pathlike, read_json, write_json
 
-__all__ = ["Experiment", "ExperimentBusy", "StageOptionsChanged", "SPLITS", "STAGE_ORDER"]
+__all__ = ["Experiment", "ExperimentBusy", "StageOptionsChanged", "StageInputsChanged", "SPLITS", "STAGE_ORDER"]
 
 SPLITS = ("train", "dev", "test")
 # The stages in recipe order: redoing one leaves every later one to be redone (its outputs came from the old ones).
@@ -52,6 +53,10 @@ class ExperimentBusy(RuntimeError):
 
 class StageOptionsChanged(RuntimeError):
     """A finished stage asked again with options other than those it ran with."""
+
+
+class StageInputsChanged(StageOptionsChanged):
+    """A finished stage asked again after the files it read changed."""
 
 
 class Experiment:
@@ -76,15 +81,21 @@ class Experiment:
         write_json({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), **(info or {})}, self.marker(stage))
 
     def check_finished_with(self, stage: str, options: dict) -> None:
-        """Raise :class:`StageOptionsChanged` naming them when finished ``stage`` ran with other ``options``
-        (a marker from before options were recorded is trusted)."""
-        recorded = read_json(self.marker(stage)).get("options")
-        if recorded is None or recorded == options:
-            return
-        changed = ", ".join(f"{k}: {recorded.get(k)!r} then, {v!r} now" for k, v in options.items()
-                            if recorded.get(k) != v)
-        raise StageOptionsChanged(f"stage {stage} finished in {self.dir} with other options ({changed}); pass "
-                                  f"--force to redo it with these")
+        """Raise :class:`StageOptionsChanged` naming them when finished ``stage`` ran with other ``options``, or
+        :class:`StageInputsChanged` when what it read has changed since (:mod:`asr_distill.provenance`; a marker
+        from before options or inputs were recorded is trusted for them)."""
+        marker = read_json(self.marker(stage))
+        recorded = marker.get("options")
+        if recorded is not None and recorded != options:
+            changed = ", ".join(f"{k}: {recorded.get(k)!r} then, {v!r} now" for k, v in options.items()
+                                if recorded.get(k) != v)
+            raise StageOptionsChanged(f"stage {stage} finished in {self.dir} with other options ({changed}); pass "
+                                      f"--force to redo it with these")
+        if marker.get("inputs") is not None:
+            changes = describe_changes(marker["inputs"], stage_inputs(self.dir, stage, options))
+            if changes:
+                raise StageInputsChanged(f"stage {stage} finished in {self.dir}, but what it read has changed since "
+                                         f"({changes}); pass --force to redo it (and the stages after it)")
 
     def invalidate_after(self, stage: str) -> List[str]:
         """Remove the markers of the stages after ``stage`` (their inputs are being remade); returns them."""

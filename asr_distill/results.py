@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional
 
 from .utils import Pathlike, read_json, write_json
 
-__all__ = ["update_results", "update_experiment", "load_results", "format_table", "KINDS"]
+__all__ = ["update_results", "update_experiment", "load_results", "format_table", "format_table1", "KINDS"]
 
 KINDS = ("gmm", "teacher", "ensemble", "baseline", "student")
 
@@ -43,13 +43,45 @@ def format_table(results: Dict[str, Any]) -> str:
         rows.append([s["name"], s["kind"], f"{s['params']:,}" if s.get("params") else "-", _fmt(s["wer"]),
                      f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-", _fmt(s.get("frame_acc")),
                      _fmt(s.get("dev_wer")), _fmt(s.get("acoustic_scale"), 4)])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"corpus: {results.get('corpus')}"]
+    oov = next((s for s in results["systems"] if "oov_rate" in s), None)
+    if oov is not None:  # the same for every system: one LM
+        lines.append(f"OOV rate of the references against the LM's vocabulary: dev {_fmt(oov.get('dev_oov_rate'))}%, "
+                     f"test {_fmt(oov['oov_rate'])}%")
+    lines += _markdown(rows)
+    table1 = results.get("experiments", {}).get("table1")
+    if table1 and "baseline" in table1:  # the seeded protocol's table (older files hold one seed's numbers only)
+        lines += ["", *format_table1(table1)]
+    return "\n".join(lines)
+
+
+def _markdown(rows: List[List[str]]) -> List[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
     for i, r in enumerate(rows):
         lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
         if i == 0:
             lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
+    return lines
+
+
+def format_table1(table: Dict[str, Any]) -> List[str]:
+    """Stage 6's Table 1: the seeds' mean +- sample standard deviation of baseline and students, and the fraction of
+    the ensemble's frame-accuracy gain each student recovers (from the means; the per-seed fractions' spread)."""
+    def pm(entry: Dict[str, Any], key: str) -> str:
+        return f"{entry[key]:.2f} +- {entry[key + '_std']:.2f}"
+
+    n = len(table["seeds"])
+    rows = [["system", "test frame acc %", "test WER %", "dev WER %", "recovered"],
+            ["ensemble", _fmt(table["ensemble_frame_acc"]), _fmt(table.get("ensemble_wer")), "-", "-"],
+            ["baseline", pm(table["baseline"], "frame_acc"), pm(table["baseline"], "wer"),
+             pm(table["baseline"], "dev_wer"), "-"]]
+    for source in ("live", "cache"):
+        if source in table:
+            st = table[source]
+            rows.append([f"student ({source})", pm(st, "frame_acc"), pm(st, "wer"), pm(st, "dev_wer"),
+                         f"{st['recovered_fraction']:.2f} +- {st['recovered_fraction_std']:.2f}"])
+    return [f"Table 1: T {table['T']:g}, alpha {table['alpha']:g}, {n} seed(s) each, mean +- sd", *_markdown(rows)]
 
 
 def update_experiment(exp_dir: Pathlike, key: str, value: Any) -> None:

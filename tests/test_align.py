@@ -51,11 +51,15 @@ def test_alignments_cover_the_frames(exp, alignments, inventory):
         fbank = {c.id: c.num_frames for c in exp.cuts(s, "fbank")}
         mfcc = {c.id: c.num_frames for c in exp.cuts(s, "mfcc")}
         stored = pdf_alignments(exp, s)
-        # nearly every utterance aligns (an odd hard one may fail at beam 10/40 and is only left out, and listed:
-        # seen for 1 of the 98 training utterances in some builds)
-        assert len(stored) >= len(fbank) - max(1, 0.05 * len(fbank)), f"{s}: only {len(stored)} of {len(fbank)}"
         failed = exp.align_failed_path(s).read_text().split()
-        assert sorted(failed) == sorted(set(fbank) - set(stored))
+        # nearly every utterance aligns (an odd hard one may fail at beam 10/40 and is listed: left out of training,
+        # kept with -1 labels in dev and test, whose WERs count every utterance)
+        assert len(failed) <= max(1, 0.05 * len(fbank)), f"{s}: {len(failed)} of {len(fbank)} failed"
+        if s == "train":
+            assert sorted(failed) == sorted(set(fbank) - set(stored))
+        else:
+            assert set(stored) == set(fbank) and all((stored[u] == -1).all() for u in failed)
+            stored = {u: p for u, p in stored.items() if u not in failed}
         for u, pdfs in stored.items():
             assert len(pdfs) == fbank[u] == mfcc[u], u
             assert pdfs.min() >= 0 and pdfs.max() < inventory.num_pdfs
@@ -94,7 +98,12 @@ def test_attached_pdf_ids_are_readable(exp, inventory):
     counts = np.zeros(inventory.num_pdfs)
     for s in SPLITS:
         cuts = CutSet.from_file(exp.labelled_cuts_path(s))
-        assert {c.id for c in cuts} <= {c.id for c in exp.cuts(s, "fbank")}
+        failed = set(exp.align_failed_path(s).read_text().split())
+        if s == "train":  # what could not be aligned is left out of training
+            assert {c.id for c in cuts} == {c.id for c in exp.cuts(s, "fbank")} - failed
+        else:  # ... but dev and test keep every utterance for WER: the unaligned ones' frames are all -1
+            assert {c.id for c in cuts} == {c.id for c in exp.cuts(s, "fbank")}
+            assert {c.id for c in cuts if (c.load_custom("pdf_ids") == -1).all()} == failed
         for i, c in enumerate(cuts):
             assert c.has_custom("pdf_ids")
             pdf_ids = c.load_custom("pdf_ids")
@@ -206,11 +215,11 @@ def test_state_inventory_round_trip(exp, inventory, tmp_path):
 
 
 # Measured on the slice with the fixture's settings (20 iterations, <= 300 Gaussians; 98 training utterances,
-# 4.1 minutes of audio): test WER 32.6 - 44.2 % over 8 builds (mean 37.3 %, sd ~4; 233 reference words).  Runs
-# differ because GMM mix-up is not seeded and the acoustic scale / word penalty are tuned on a 59-word dev set
-# (dev WER 22.0 - 28.8 %).  Bootstrap 95% CI upper ends reached 53 %.  No acoustic information (all-zero
-# likelihoods) decodes to empty hypotheses: 100 %.  55 % is ~4.5 sd above the mean, ~11 points above the worst run,
-# yet far below what a broken front end, graph or decoder gives.
+# 4.1 minutes of audio): test WER 32.6 - 44.2 % over 8 builds when mix-up's perturbation was still unseeded (mean
+# 37.3 %, sd ~4; 233 reference words; the acoustic scale / word penalty tuned on a 59-word dev set).  The build is
+# now reproducible (gmm.train_mono.split_gaussians) and sits at one draw of that spread.  Bootstrap 95% CI upper ends
+# reached 53 %.  No acoustic information (all-zero likelihoods) decodes to empty hypotheses: 100 %.  55 % is ~4.5 sd
+# above the mean, ~11 points above the worst run, yet far below what a broken front end, graph or decoder gives.
 GMM_TEST_WER_MAX = 55.0
 GMM_DEV_WER_MAX = 50.0
 
@@ -232,6 +241,7 @@ def test_gmm_wer_is_reasonable(built, inventory):
     dev_wers = wer_json["dev_wers"]
     assert min(dev_wers.values()) == pytest.approx(row["dev_wer"], abs=0.01)
     # frame accuracy of the GMM as a classifier (measured 51-55 %) is far above the majority-class rate (~15 %)
-    counts = np.bincount(np.concatenate(list(pdf_alignments(exp, "test").values())))
+    labels = np.concatenate(list(pdf_alignments(exp, "test").values()))
+    counts = np.bincount(labels[labels >= 0])  # -1: an utterance the GMM could not align
     chance = 100.0 * counts.max() / counts.sum()
     assert row["frame_acc"] > chance + 15.0, (row["frame_acc"], chance)

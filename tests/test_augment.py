@@ -120,6 +120,7 @@ def test_perturbed_training_resumes_bit_identically_and_learns(exp, tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert a["train_config"]["noise_std"] == 0.2 and a["train_config"]["freq_mask"] == 8
     labels = frames["dev"].labels.numpy()
+    labels = labels[labels >= 0]  # -1: an utterance the GMM could not align
     chance = 100.0 * np.bincount(labels).max() / len(labels)
     # it learns through the perturbation: on the slice's ~200 senones this small MLP reached 19.9% after 3
     # epochs against a majority-class rate of 8.1%

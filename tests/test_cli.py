@@ -124,6 +124,15 @@ def test_finished_stages_refuse_new_options_and_a_redo_invalidates_later_stages(
     other = run("prepare", *base[:2], "--corpus-dir", str(tmp_path / "nonexistent"))
     assert other.returncode == 2 and "corpus_dir" in other.stderr and "--force" in other.stderr
     assert "Traceback" not in other.stderr
+    # the corpus edited after stage 0 ran: refused, naming the input (a touched, unchanged file is no change)
+    transcription = small_corpus.root / "etc" / "an4_train.transcription"
+    os.utime(transcription)
+    assert "already done" in run("prepare", *base).stderr
+    lines = transcription.read_text().splitlines()
+    transcription.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")  # same size, other content
+    edited = run("prepare", *base)
+    assert edited.returncode == 2 and "what it read has changed" in edited.stderr, edited.stderr
+    assert f"--corpus-dir: {small_corpus.root} changed" in edited.stderr and "Traceback" not in edited.stderr
     # redoing stage 0 leaves stage 1 to be redone: its features came from the old manifests
     assert run("prepare", *base, "--force", "--dev-fraction", "0.5").returncode == 0
     assert not (exp_dir / ".done" / "features").exists()
@@ -149,3 +158,24 @@ def test_a_second_run_on_a_busy_experiment_is_refused(small_corpus, tmp_path):
                                              str(small_corpus.root)], env=_env(), capture_output=True, text=True,
                            timeout=120)
     assert again.returncode == 0, again.stderr
+
+
+def test_a_finished_teacher_stage_refuses_other_options_and_the_corpus_kind_is_a_choice(tmp_path):
+    """Issue 16's rows: `train-teachers --num-teachers 7 --hidden-dim 64` on a finished experiment names the changed
+    options instead of reporting "already done"; `--corpus librispeach` (a typo) is refused with the choices."""
+    import json
+
+    marker = tmp_path / "exp" / ".done" / "teachers"
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"finished": "then", "options": {"num_teachers": 4, "hidden_dim": 512}}))
+    proc = subprocess.run(_asr_distill() + ["train-teachers", "--exp-dir", str(tmp_path / "exp"), "--num-teachers", "7",
+                                            "--hidden-dim", "64"], env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "num_teachers: 4 then, 7 now" in proc.stderr and "hidden_dim: 512 then, 64 now" in proc.stderr
+    assert "--force" in proc.stderr
+    proc = subprocess.run(_asr_distill() + ["prepare", "--exp-dir", str(tmp_path / "exp2"), "--corpus", "librispeach",
+                                            "--corpus-dir", str(tmp_path)], env=_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "librispeach" in proc.stderr and "librispeech" in proc.stderr
+    assert not (tmp_path / "exp2" / ".done").exists()

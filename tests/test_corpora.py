@@ -158,38 +158,6 @@ def _recipe(name, *args, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_librispeech_recipe_stages_0_to_3_with_an_oov_word(libri, tmp_path):
-    """No code changes, only the recipe: manifests, features, lexicon (CMUdict + a grapheme guess for a word no
-    dictionary has), HCLG, GMM alignments and a GMM decode; the OOV utterance is kept, not dropped."""
-    import shutil
-
-    corpus = tmp_path / "libri_oov"
-    shutil.copytree(libri, corpus)
-    trans = sorted((corpus / "train-clean-5").rglob("*.trans.txt"))[0]
-    lines = trans.read_text().splitlines()
-    uid, text = lines[0].split(" ", 1)
-    assert text == "YES"
-    lines[0] = f"{uid} YESS"  # in no dictionary; its spelling rules give YES's own pronunciation, Y EH S
-    trans.write_text("\n".join(lines) + "\n")
-    exp = tmp_path / "exp"
-    proc = _recipe("librispeech", "--corpus-dir", corpus, "--exp-dir", exp, "--stage", 0, "--stop-stage", 3,
-                   "--gmm-args", "--gmm-stages mono --num-iters 10 --total-gauss 200")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert (exp / "lang" / "oov_fallback.txt").read_text().split() == ["YESS", "Y", "EH", "S"]
-    ids = {c["id"] for s in ("train", "dev") for c in _cuts(exp / "data" / f"cuts_{s}.jsonl.gz")}
-    assert uid in ids and len(ids) == N_TRAIN
-    aligned = {c["id"] for s in ("train", "dev") for c in _cuts(exp / "gmm" / f"cuts_{s}.jsonl.gz")}
-    assert uid in aligned  # the OOV utterance got frame labels like every other
-    rows = json.loads((exp / "results.json").read_text())["systems"]
-    assert rows[0]["kind"] == "gmm" and rows[0]["wer"] < 60  # 4 minutes of audio: far from chance, no more
-    report = json.loads((exp / "lang" / "lexicon_report.json").read_text())
-    assert report["training_word_sources"] == {"cmudict": report["training_words"] - 1, "grapheme": 1}
-    # test-only words can be aligned but never decoded: they are in words.txt, not in the LM
-    test_only = report["dev_test_only_words"]
-    assert report["lexicon_words"] == report["training_words"] + test_only
-    assert report["lm_words"] == report["training_words"]
-
-
 def test_kaldi_recipe_stages_0_to_2(kaldi_dirs, tmp_path):
     exp = tmp_path / "exp"
     proc = _recipe("kaldi", "--train-dir", kaldi_dirs / "train", "--test-dir", kaldi_dirs / "test",
@@ -199,11 +167,66 @@ def test_kaldi_recipe_stages_0_to_2(kaldi_dirs, tmp_path):
     assert len(_cuts(exp / "data" / "fbank_test.jsonl.gz")) == N_TEST
 
 
+def test_long_utterances_align_and_too_many_failures_stop_the_gmm_stage(tmp_path):
+    """Utterances of ~18 s (six of the slice's joined): the monophones train on the shortest few and then align
+    every one; a transcript that cannot fit its audio fails to align, is listed by name with the reason, and, past
+    --max-align-failures, stops stage 3 with the remedy named instead of training on what is left.  A word no
+    dictionary has gets a grapheme pronunciation and its utterance is kept."""
+    corpus = tmp_path / "libri_long"
+    make_layouts.librispeech(SLICE, corpus, join=6)
+    cuts = prepare_corpus("librispeech", tmp_path / "probe", corpus_dir=corpus)
+    train = sorted(cuts["train"], key=lambda c: c.duration)
+    assert train[-1].duration > 15.0 and len(train) > 10
+    # the shortest training utterance gets 40 words: more phones than its frames can hold
+    bad = train[0].id
+    words = " ".join(c.supervisions[0].text for c in train[1:]).split()[:40]
+    # and one YES becomes YESS, in no dictionary: its spelling rules give YES's own pronunciation, Y EH S
+    oov = next(c.id for c in train[1:] if "YES" in c.supervisions[0].text.split())
+    for uid, edit in ((bad, lambda text: " ".join(words)), (oov, lambda text: text.replace("YES", "YESS", 1))):
+        trans = next(corpus.rglob(f"{uid.rsplit('-', 1)[0]}.trans.txt"))
+        lines = [f"{uid} {edit(line.split(' ', 1)[1])}" if line.startswith(uid + " ") else line
+                 for line in trans.read_text().splitlines()]
+        trans.write_text("\n".join(lines) + "\n")
+    exp = tmp_path / "exp"
+    # 21 training utterances: the monophones learn from the 16 shortest (up to ~14 s), then align all of them
+    gmm = "--gmm-stages mono --num-iters 20 --total-gauss 300 --mono-subset 16"
+    proc = _recipe("librispeech", "--corpus-dir", corpus, "--exp-dir", exp, "--stage", 0, "--stop-stage", 3,
+                   "--gmm-args", gmm + " --max-align-failures 0")
+    assert proc.returncode != 0
+    listed = exp / "gmm" / "mono" / "align_failed_train.txt"
+    assert "could not be aligned, more than --max-align-failures 0 allows" in proc.stderr, proc.stderr[-3000:]
+    assert str(listed) in proc.stderr and "--mono-subset" in proc.stderr and "Traceback" not in proc.stderr
+    assert "trained on the 16 shortest" in proc.stderr
+    failed = dict(line.split(" ", 1) for line in listed.read_text().splitlines())
+    assert failed[bad] == f"no alignment within the retry beam ({round(train[0].duration * 100)} frames, 40 words)"
+    # allowed: stage 3 goes on; utterances longer than any the monophones trained on were aligned and labelled
+    proc = _recipe("librispeech", "--corpus-dir", corpus, "--exp-dir", exp, "--stage", 3, "--stop-stage", 3,
+                   "--gmm-args", gmm + " --max-align-failures 0.2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    labelled = {c["id"] for c in _cuts(exp / "gmm" / "cuts_train.jsonl.gz")}
+    final_failed = (exp / "gmm" / "align_failed_train.txt").read_text().split()
+    assert bad in final_failed and labelled == {c.id for c in train} - set(final_failed)
+    assert len(final_failed) <= 0.2 * len(train)
+    assert any(c.duration > train[15].duration for c in train if c.id in labelled)
+    rows = {r["name"]: r for r in json.loads((exp / "results.json").read_text())["systems"]}
+    print("GMM WERs on the joined slice:", {n: r["wer"] for n, r in rows.items()})
+    assert rows["gmm-mono"]["wer"] < 75  # 4 minutes of audio, monophones from 16 utterances: far from chance only
+    # the OOV word: a grapheme pronunciation, the utterance kept and labelled like every other
+    assert (exp / "lang" / "oov_fallback.txt").read_text().split() == ["YESS", "Y", "EH", "S"]
+    assert oov in labelled
+    report = json.loads((exp / "lang" / "lexicon_report.json").read_text())
+    assert report["training_word_sources"] == {"cmudict": report["training_words"] - 1, "grapheme": 1}
+    # test-only words can be aligned but never decoded: they are in words.txt, not in the LM
+    assert report["lexicon_words"] == report["training_words"] + report["dev_test_only_words"]
+    assert report["lm_words"] == report["training_words"]
+
+
 def test_yesno_recipe_stages_0_to_6_with_dev_selection(tmp_path):
     make_layouts.yesno(tmp_path / "yesno")
     exp = tmp_path / "exp"
     # stage 6 with a small dev selection: 2 candidates (one perturbing) + a hard-label control for each recipe
-    distill = "--experiments select,table1 --teacher-source both --select-candidates 2:0.5:2,5:0.9:3:0.3:4"
+    distill = ("--experiments select,table1 --teacher-source both --seeds 1 "
+               "--select-candidates 2:0.5:2,5:0.9:3:0.3:4")
     proc = _recipe("yesno", "--corpus-dir", tmp_path / "yesno", "--exp-dir", exp, "--stop-stage", 6,
                    "--distill-args", distill)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

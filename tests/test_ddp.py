@@ -5,6 +5,7 @@ sets, with a 60 s collective timeout and a join deadline, so a broken collective
 """
 from __future__ import annotations
 
+import csv
 import datetime
 import math
 import multiprocessing as mp
@@ -323,6 +324,10 @@ def test_two_process_streaming_shards_the_stream(exp, tmp_path):
     for k, v in ranks[0]["state"].items():
         assert torch.equal(v, ranks[1]["state"][k]), k
     labels = load_frames(exp, "dev", LEFT, RIGHT).labels.numpy()
-    chance = 100.0 * np.bincount(labels).max() / len(labels)
-    # it learns: 10.3 % dev frame accuracy on the slice's ~200 senones against a majority-class rate of 5.0 %
-    assert ranks[0]["summary"]["best_dev_acc"] > 1.5 * chance
+    labels = labels[labels >= 0]  # -1: an utterance the GMM could not align
+    prior = np.bincount(labels) / len(labels)
+    prior_entropy = float(-(prior[prior > 0] * np.log(prior[prior > 0])).sum())
+    dev_ce = min(float(row["dev_loss"]) for row in csv.DictReader(open(tmp_path / "out" / "log.csv")))
+    # it learns from the acoustics: no constant prediction, not even the dev labels' own distribution, has a
+    # cross-entropy below that distribution's entropy
+    assert dev_ce < prior_entropy - 0.5

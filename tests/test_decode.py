@@ -31,6 +31,8 @@ def _oracle_loglikes(exp, split, inv, log_priors):
     out = {}
     prior = np.exp(log_priors.astype(np.float64))
     for u, pdfs in pdf_alignments(exp, split).items():
+        if (pdfs < 0).any():  # an utterance the GMM could not align: no oracle for it
+            continue
         post = np.tile(0.1 * prior, (len(pdfs), 1))
         post[np.arange(len(pdfs)), pdfs] += 0.9
         np.testing.assert_allclose(post.sum(1), 1.0, atol=1e-6)
@@ -177,3 +179,21 @@ def test_add_word_penalty_adds_exactly_the_penalty_on_word_arcs(setup):
     assert n_words > 0
     for s in range(hclg.num_states):
         assert pen.final(s).value == hclg.final(s).value
+
+
+def test_oov_rate_is_reported_with_every_wer(built):
+    """The share of reference words the decoder cannot output (not in the LM), per split, in every scored row and
+    in the printed table; counted here from the ARPA file's 1-grams by hand."""
+    from asr_distill.decode.scorer import oov_rate
+    from asr_distill.results import format_table, load_results
+
+    assert oov_rate([["A", "B"], ["C", "A"]], {"A"}) == 50.0
+    exp = built.exp
+    arpa = (exp.lang_dir / "lm.arpa").read_text().split("\\1-grams:")[1].split("\\2-grams:")[0]
+    vocab = {line.split()[1] for line in arpa.strip().splitlines() if len(line.split()) >= 2} - {"<s>", "</s>"}
+    for split, key in (("test", "oov_rate"), ("dev", "dev_oov_rate")):
+        words = [w for t in exp.texts(split).values() for w in t.split()]
+        expected = 100.0 * sum(w not in vocab for w in words) / len(words)
+        assert built.gmm_row[key] == pytest.approx(expected, abs=0.01)
+    table = format_table(load_results(exp.dir))
+    assert f"test {built.gmm_row['oov_rate']:.2f}%" in table.splitlines()[1]

@@ -48,8 +48,32 @@ def _write_flac(src: Path, dest: Path) -> None:
         sf.write(str(dest), audio, sr, format="FLAC")
 
 
+def _joined(utts: List[Tuple[str, str, Path, str]], join: int) -> List[Tuple[str, str, List[Path], str]]:
+    """Consecutive utterances of one speaker, ``join`` at a time, as one (id, speaker, audio files, words)."""
+    by_speaker: Dict[str, List[Tuple[str, str, Path, str]]] = {}
+    for u in utts:
+        by_speaker.setdefault(u[1], []).append(u)
+    out = []
+    for spk, items in by_speaker.items():
+        for i in range(0, len(items), join):
+            group = items[i:i + join]
+            out.append((group[0][0], spk, [g[2] for g in group], " ".join(g[3] for g in group)))
+    return out
+
+
+def _write_joined_flac(srcs: List[Path], dest: Path) -> None:
+    import soundfile as sf
+
+    if len(srcs) == 1:
+        return _write_flac(srcs[0], dest)
+    parts = [sf.read(str(p), dtype="int16") for p in srcs]
+    sf.write(str(dest), np.concatenate([a for a, _ in parts]), parts[0][1], format="FLAC")
+
+
 def librispeech(src: Path, dest: Path, train_part: str = "train-clean-5", test_part: str = "dev-clean-2",
-                max_per_part: int = 0) -> Dict[str, int]:
+                max_per_part: int = 0, join: int = 1) -> Dict[str, int]:
+    """AN4 rearranged as LibriSpeech (speaker/chapter/utterance flac + trans.txt); ``join`` > 1 concatenates that
+    many consecutive utterances of a speaker into one (long utterances from short ones)."""
     speaker_ids: Dict[str, int] = {}
     counts = {}
     for an4_part, part in (("train", train_part), ("test", test_part)):
@@ -57,18 +81,19 @@ def librispeech(src: Path, dest: Path, train_part: str = "train-clean-5", test_p
         if max_per_part:
             utts = utts[:max_per_part]
         n_by_chapter: Dict[Tuple[int, int], List[str]] = {}
-        for uid, spk, audio, words in utts:
+        joined = _joined(utts, join)
+        for uid, spk, audio, words in joined:
             sid = speaker_ids.setdefault(spk, 100 + len(speaker_ids))
             chapter = 1000 + sid
             lines = n_by_chapter.setdefault((sid, chapter), [])
             lib_id = f"{sid}-{chapter}-{len(lines):04d}"
             d = dest / part / str(sid) / str(chapter)
             d.mkdir(parents=True, exist_ok=True)
-            _write_flac(audio, d / f"{lib_id}.flac")
+            _write_joined_flac(audio, d / f"{lib_id}.flac")
             lines.append(f"{lib_id} {words}")
         for (sid, chapter), lines in n_by_chapter.items():
             (dest / part / str(sid) / str(chapter) / f"{sid}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
-        counts[part] = len(utts)
+        counts[part] = len(joined)
     return counts
 
 

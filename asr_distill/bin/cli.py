@@ -29,8 +29,10 @@ from ..lang import LexiconError
 from ..nnet import parallel
 from ..nnet.checkpoint import CheckpointError
 from ..nnet.stream import FRAME_MODES
+from ..provenance import stage_inputs
 from ..recipe import (stage_distill, stage_evaluate, stage_features, stage_gmm, stage_lang,
                       stage_prepare, stage_teachers)
+from ..gmm.align import AlignmentError
 from ..gmm.system import GMM_SYSTEMS, check_gmm_systems
 from ..results import format_table, load_results
 from ..utils import setup_logging
@@ -46,7 +48,7 @@ def cli(verbose: bool) -> None:
 
 
 # Errors whose message names the file, utterance or stage at fault: shown as such, not as a traceback.
-USER_ERRORS = (FileNotFoundError, CorpusError, LexiconError, CheckpointError, FrameArrayError)
+USER_ERRORS = (FileNotFoundError, CorpusError, LexiconError, CheckpointError, FrameArrayError, AlignmentError)
 # Options that change how a stage runs, not what it makes: a finished stage is not redone for them.
 RUN_OPTIONS = {"jobs", "device", "frames"}
 
@@ -109,7 +111,9 @@ def _run_stage(exp: Experiment, stage: str, fn, force: bool, kwargs: dict) -> No
         raise click.ClickException(f"stage {stage}: {e}") from None
     parallel.barrier()
     if parallel.is_main():
-        exp.mark_done(stage, {"seconds": round(time.time() - t0, 1), "options": options,
+        # what it read (after the run: a --download corpus exists only now), so that a rerun notices changes
+        inputs = stage_inputs(exp.dir, stage, options)
+        exp.mark_done(stage, {"seconds": round(time.time() - t0, 1), "options": options, "inputs": inputs,
                               **(info if isinstance(info, dict) else {})})
     log.info("stage %s: done in %.0f s", stage, time.time() - t0)
 
@@ -192,14 +196,22 @@ def _gmm_systems(ctx, param, value: str):
 @click.option("--tri-gauss", default=10000, show_default=True, help="triphone Gaussians")
 @click.option("--tree-min-gain", default=300.0, show_default=True,
               help="a tree split must gain this log-likelihood (build-tree --thresh)")
+@click.option("--mono-subset", default=1000, show_default=True, type=click.IntRange(min=0),
+              help="the monophones train on this many of the shortest training utterances (0: all), then align "
+                   "every one (Kaldi: 500 on Mini LibriSpeech, 2000 on 100 hours)")
+@click.option("--max-align-failures", default=0.05, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="stop when a system cannot align more than this fraction of the training utterances (they are "
+                   "listed in EXP/gmm/<system>/align_failed_train.txt)")
 @click.option("--jobs", default=2, show_default=True, help="decoding processes")
 @stage_command("gmm")
-def gmm(exp, systems, num_iters, total_gauss, num_leaves, tri_gauss, tree_min_gain, jobs):
+def gmm(exp, systems, num_iters, total_gauss, num_leaves, tri_gauss, tree_min_gain, mono_subset, max_align_failures,
+        jobs):
     """Stage 3: the GMM-HMM chain (mono -> tri1 -> tri2 -> tri3), each decoded (scale tuned on dev); the last
     system's forced alignments of train/dev/test label the DNNs' frames."""
     # a forced redo (the stage finished before) retrains; an interrupted run reuses finished systems
     return stage_gmm(exp, systems, num_iters=num_iters, total_gauss=total_gauss, num_leaves=num_leaves,
-                     tri_gauss=tri_gauss, tree_min_gain=tree_min_gain, jobs=jobs, reuse_trained=not exp.done("gmm"))
+                     tri_gauss=tri_gauss, tree_min_gain=tree_min_gain, jobs=jobs, reuse_trained=not exp.done("gmm"),
+                     mono_subset=mono_subset, max_align_failures=max_align_failures)
 
 
 _frames_option = click.option(
@@ -283,19 +295,24 @@ def evaluate(exp, jobs, device, frames):
 @click.option("--experiments", default="table1", show_default=True,
               help="comma-separated: select, table1, table5, sweep, compression (select runs first and sets T, "
                    "alpha and the student recipe of the others, on DEV frame accuracy)")
-@click.option("--student-epochs", type=int, default=None, help="students' epochs [default: the teachers']")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="table 1: seeds of the baseline and of the student each (mean, spread and per-seed values)")
+@click.option("--student-epochs", type=int, default=None,
+              help="epochs of table 1's student and baseline [default: the teachers']")
 @click.option("--noise-std", type=float, default=0.0, show_default=True,
-              help="students: Gaussian noise on the input windows, which the live teachers label")
+              help="students and baselines: Gaussian noise on the input windows (which the live teachers label) "
+                   "[0: the teachers']")
 @click.option("--freq-mask", type=int, default=0, show_default=True,
-              help="students: widest frequency mask (feature bins) on the input windows")
+              help="students and baselines: widest frequency mask (feature bins) on the input windows [0: the "
+                   "teachers']")
 @click.option("--select-candidates", default=None,
               help="for --experiments select: comma-separated T:alpha[:epochs[:noise_std[:freq_mask]]] "
                    "[default: 3 (T, alpha) pairs x 3 recipes]")
 @_train_options(inherit=True)
 @stage_command("distill", distributed=True)
-def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experiments, student_epochs, noise_std,
+def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experiments, seeds, student_epochs, noise_std,
             freq_mask, select_candidates, device, frames, epochs, batch_size, lr, weight_decay, patience):
-    """Stage 6: hard-label baseline and distilled student(s); optional paper experiments."""
+    """Stage 6: hard-label baseline and distilled student(s), same recipe and seeds; optional paper experiments."""
     names = [e.strip() for e in experiments.split(",") if e.strip()]
     try:
         check_experiments(names)
@@ -307,7 +324,8 @@ def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experimen
         raise click.BadParameter(str(e), param_hint="--select-candidates") from None
     out = stage_distill(exp, device, jobs, temperature, alpha, mean, teacher_source, topk, names,
                         _train_config(epochs, batch_size, lr, weight_decay, patience),
-                        recipe_overrides(student_epochs, noise_std, freq_mask), candidates, frames=frames)
+                        recipe_overrides(student_epochs, noise_std, freq_mask), candidates, frames=frames,
+                        seeds=seeds)
     return {"experiments": list(out)}
 
 
@@ -355,10 +373,15 @@ def export(exp_dir, system, out_dir, cmvn, no_int8, left_context, right_context,
 @click.option("--int8", is_flag=True, help="use the int8 ONNX model")
 @click.option("--backend", type=click.Choice(["onnx", "torchscript"]), default="onnx", show_default=True)
 @click.option("--num-threads", default=1, show_default=True)
+@click.option("--max-duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="refuse (naming them) recordings longer than this many seconds  [default: no limit]")
 @click.argument("audio", nargs=-1, required=True)
-def transcribe(model_dir, int8, backend, num_threads, audio):
-    """Print 'utt-id<TAB>words' for each AUDIO file (any rate; wav/flac/sph); exit 1 if any file failed."""
+def transcribe(model_dir, int8, backend, num_threads, max_duration, audio):
+    """Print 'utt-id<TAB>words' for each AUDIO file (any rate; wav/flac/sph); exit 1 if any file failed.  Long
+    recordings are read, run and decoded piece by piece: memory does not grow with their length."""
     args = ["--model-dir", model_dir, "--backend", backend, "--num-threads", str(num_threads)]
+    if max_duration is not None:
+        args += ["--max-duration", str(max_duration)]
     sys.exit(transcribe_main(args + (["--int8"] if int8 else []) + ["--"] + list(audio)))
 
 

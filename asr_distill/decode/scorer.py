@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from lhotse import CutSet
 
 from ..fst import invert_symbols, read_symbols, read_tid2pdf
+from ..lang.lm import arpa_vocabulary
 from ..results import update_results
 from ..utils import atomic_write_text, write_json
 from .backend import DecodingConfig, decode_loglikes
@@ -28,7 +29,7 @@ from .tuning import tune_acoustic_scale
 if TYPE_CHECKING:  # annotations only: the experiment module imports this package
     from ..experiment import Experiment
 
-__all__ = ["Scorer", "GMM_SCALES", "DNN_SCALES", "WORD_PENALTIES"]
+__all__ = ["Scorer", "oov_rate", "GMM_SCALES", "DNN_SCALES", "WORD_PENALTIES"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,12 @@ WORD_PENALTIES = (0.0, 1.0, 2.0, 2.5, 3.0)
 
 def _pdf_labels(manifest) -> Dict[str, np.ndarray]:
     return {c.id: c.load_custom("pdf_ids") for c in CutSet.from_jsonl_lazy(manifest)}
+
+
+def oov_rate(refs: Iterable[Sequence[str]], vocab: set) -> float:
+    """Percent of the reference word tokens outside ``vocab``."""
+    words = [w for ref in refs for w in ref]
+    return round(100.0 * sum(w not in vocab for w in words) / max(1, len(words)), 2)
 
 
 class Scorer:
@@ -61,15 +68,21 @@ class Scorer:
         self.config = DecodingConfig(beam=beam)
         self.log_priors = exp.log_priors() if log_priors is None else log_priors
         self.refs = {s: {u: t.split() for u, t in exp.texts(s).items()} for s in splits}
+        # the reference words the decoder cannot output (not in the LM): a floor under every system's WER
+        arpa = exp.lang_dir / "lm.arpa"
+        vocab = arpa_vocabulary(arpa) if arpa.is_file() else None
+        self.oov_rates = {s: oov_rate(self.refs[s].values(), vocab) for s in splits} if vocab else {}
         self.labels = ({s: _pdf_labels(exp.labelled_cuts_path(s)) for s in splits} if labels is None
                        else {s: dict(labels[s]) for s in splits})
 
     def frame_accuracy(self, split: str, loglikes: Mapping[str, np.ndarray]) -> float:
-        """Percent of the split's aligned frames whose argmax of log-likelihood + log-prior is the aligned pdf."""
+        """Percent of the split's aligned frames whose argmax of log-likelihood + log-prior is the aligned pdf
+        (the -1 frames of an utterance the GMM could not align are left out)."""
         correct = total = 0
         for u, lab in self.labels[split].items():
-            correct += int(((loglikes[u] + self.log_priors).argmax(1) == lab).sum())
-            total += len(lab)
+            known = lab >= 0
+            correct += int((((loglikes[u] + self.log_priors).argmax(1) == lab) & known).sum())
+            total += int(known.sum())
         return 100.0 * correct / max(1, total)
 
     def decode(self, split: str, loglikes: Mapping[str, np.ndarray], config: DecodingConfig,
@@ -100,7 +113,9 @@ class Scorer:
                "frame_acc": round(self.frame_accuracy("test", loglikes["test"]), 2),
                "dev_frame_acc": round(self.frame_accuracy("dev", loglikes["dev"]), 2),
                "dev_wer": round(dev_wers[best], 2), "acoustic_scale": cfg.acoustic_scale,
-               "word_penalty": cfg.word_penalty, **(extra or {})}
+               "word_penalty": cfg.word_penalty,
+               **{("oov_rate" if s == "test" else f"{s}_oov_rate"): r for s, r in self.oov_rates.items()},
+               **(extra or {})}
         write_json({**row, "dev_wers": dev_wers, "test": wer.as_dict(), "decode_seconds": time.time() - t0},
                    out / "wer.json")
         update_results(self.exp.dir, self.exp.corpus, row)

@@ -5,7 +5,7 @@ transcriber use it alike.  Light on purpose (numpy, kaldifst, kaldi-decoder).
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, Iterable, List
 
 import kaldi_decoder
 import kaldifst
@@ -48,8 +48,33 @@ class HclgDecoder:
         return cls(hclg, tid2pdf, **{k: settings[k] for k in keys if k in settings})
 
     def decode(self, loglikes: np.ndarray) -> List[int]:
-        scores = np.ascontiguousarray(loglikes[:, self.columns] * self.scale, dtype=np.float32)
-        self.decoder.decode(kaldi_decoder.DecodableCtc(scores))
+        self.decoder.decode(kaldi_decoder.DecodableCtc(self._scores(loglikes)))
+        return self._best_words()
+
+    def decode_pieces(self, pieces: Iterable[np.ndarray]) -> List[int]:
+        """:meth:`decode` of the frames of consecutive ``pieces`` (each ``(frames, num_pdfs)``), advancing the search
+        piece by piece: the same result as one call on their concatenation, with memory bounded by a piece (the
+        transition-id scores, the piece's size times the number of transition-ids over the pdfs, never exist for
+        the whole recording)."""
+        self.decoder.init_decoding()
+        done = 0
+        for piece in pieces:
+            for a in range(0, len(piece), self.SCORE_FRAMES):
+                scores = self._scores(piece[a:a + self.SCORE_FRAMES])
+                # DecodableCtc(scores, offset): rows are frames offset, offset + 1, ...; the search resumes there
+                self.decoder.advance_decoding(kaldi_decoder.DecodableCtc(scores, done))
+                done += len(scores)
+        return self._best_words() if done else []
+
+    # decode_pieces expands this many frames at a time to transition-id scores
+    SCORE_FRAMES = 1000
+
+    def _scores(self, loglikes: np.ndarray) -> np.ndarray:
+        scores = np.ascontiguousarray(loglikes[:, self.columns], dtype=np.float32)
+        scores *= np.float32(self.scale)
+        return scores
+
+    def _best_words(self) -> List[int]:
         ok, best = self.decoder.get_best_path()
         if not ok:
             return []

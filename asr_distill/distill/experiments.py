@@ -3,12 +3,14 @@
 * ``select`` (runs first): students for each (T, alpha, student recipe) candidate, plus hard-label controls trained
   with each non-default recipe; the candidate with the best DEV frame accuracy sets T, alpha and the student recipe
   of the call's other experiments.  Test frame accuracy is recorded for every row and never used.
-* ``table1``: a hard-label baseline with the student's (= a teacher's) architecture vs the distilled student; the
-  fraction of the ensemble's test-frame-accuracy gain over the baseline that the student recovers.  The teachers
-  run live, or their soft targets come from a top-k cache, or ``both`` are compared.
+* ``table1``: a hard-label baseline with the student's (= a teacher's) architecture and training recipe vs the
+  distilled student, each trained with several seeds; the fraction of the ensemble's test-frame-accuracy gain over
+  the baseline that the student recovers (from the means, with its spread).  The teachers run live, or their soft
+  targets come from a top-k cache, or ``both`` are compared.
 * ``table5``: 3% of the training frames, hard targets vs the ensemble's soft targets (test frame accuracy).
 * ``sweep``: T in {1, 2, 5, 10} x alpha in {0, 0.5, 0.9}, test and dev frame accuracy, and a plot.
-* ``compression``: distilled students with 1, 1/4 and 1/16 of a teacher's parameters, WER against parameters.
+* ``compression``: distilled students with 1, 1/4 and 1/16 of a teacher's parameters, each against a hard-label
+  baseline of its size trained with the same recipe; WER against parameters.
 
 Each function takes the :class:`~asr_distill.distill.runner.DistillRunner` and the call's
 :class:`DistillSettings`, writes its table into ``results.json`` (rank 0) and returns it.
@@ -16,6 +18,7 @@ Each function takes the :class:`~asr_distill.distill.runner.DistillRunner` and t
 from __future__ import annotations
 
 import logging
+import statistics
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
@@ -26,7 +29,7 @@ from .plots import plot_compression, plot_sweep
 from .recipes import SELECT_PAIRS, SELECT_RECIPES, hidden_for_params, student_dir
 from .runner import DistillRunner
 
-__all__ = ["DistillSettings", "EXPERIMENTS", "check_experiments", "run_experiments"]
+__all__ = ["DistillSettings", "EXPERIMENTS", "check_experiments", "run_experiments", "seed_summary", "recovered"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class DistillSettings:
     teacher_source: str = "live"  # live, cache or both
     topk: int = 16
     select_candidates: Optional[Sequence[Tuple[float, float, dict]]] = None
+    seeds: int = 3  # table 1: baseline and student each trained with this many seeds (100, 101, ...)
 
 
 def run_select(run: DistillRunner, s: DistillSettings) -> dict:
@@ -65,10 +69,35 @@ def run_select(run: DistillRunner, s: DistillSettings) -> dict:
     return table
 
 
-def _student_row(run: DistillRunner, s: DistillSettings, source: str, base_row: dict) -> dict:
-    """One Table 1 student: live teachers, or the top-k cache.  A cached student gets the recipe's schedule but no
-    input perturbation (its targets are the clean windows'); with a perturbing recipe the live-vs-cache difference
-    is then the cache's *and* the perturbation's, which the sweep's unperturbed rows separate."""
+def seed_name(name: str, i: int) -> str:
+    """The ``i``-th seed's system name: ``student`` for the first (what ``export`` takes), ``student-s1``, ..."""
+    return name if i == 0 else f"{name}-s{i}"
+
+
+def seed_summary(rows: Sequence[dict]) -> dict:
+    """Mean, sample standard deviation and per-seed values of frame accuracy, test WER and dev WER over the seeds'
+    decoded rows."""
+    out: Dict[str, object] = {}
+    for key in ("frame_acc", "dev_frame_acc", "wer", "dev_wer"):
+        vals = [float(r[key]) for r in rows]
+        out[key] = round(statistics.fmean(vals), 3)
+        out[f"{key}_std"] = round(statistics.stdev(vals), 3) if len(vals) > 1 else 0.0
+    out["per_seed"] = [{"name": r["name"], "seed": r["seed"], **{k: r[k] for k in
+                                                                 ("frame_acc", "dev_frame_acc", "wer", "dev_wer")}}
+                       for r in rows]
+    return out
+
+
+def recovered(student_acc: float, baseline_acc: float, ensemble_acc: float) -> float:
+    """The fraction of the ensemble's frame-accuracy gain over the baseline that the student recovers (NaN when the
+    ensemble does not beat the baseline)."""
+    gain = ensemble_acc - baseline_acc
+    return round((student_acc - baseline_acc) / gain, 3) if gain > 0 else float("nan")
+
+
+def _student_rows(run: DistillRunner, s: DistillSettings, source: str, seeds: Sequence[int]) -> Tuple[dict, list]:
+    """Table 1's students for one teacher source, one per seed: live teachers, or the top-k cache.  A cached
+    student gets the recipe's schedule but no input perturbation (its targets are the clean windows')."""
     cache, extra = None, {"T": s.T, "alpha": s.alpha, "teacher_source": source}
     if source == "cache":
         cache, meta = run.topk_cache(s.T, s.topk)
@@ -77,20 +106,41 @@ def _student_row(run: DistillRunner, s: DistillSettings, source: str, base_row: 
         {**{k: v for k, v in s.recipe.items() if k == "epochs"}, "noise_std": 0.0, "freq_mask": 0}
     extra.update({k: v for k, v in use.items() if v})
     name = "student" if source == "live" else f"student-top{s.topk}"
-    student, _ = run.train(name, run.teacher_config, T=s.T, alpha=s.alpha, cache=cache, **use)
-    row = run.decode(name, "student", student, extra)
-    gain = run.ensemble_acc - base_row["frame_acc"]
-    recovered = (row["frame_acc"] - base_row["frame_acc"]) / gain if gain > 0 else float("nan")
-    return {"frame_acc": row["frame_acc"], "wer": row["wer"], "recovered_fraction": round(recovered, 3), **extra}
+    rows = []
+    for i, seed in enumerate(seeds):
+        student, _ = run.train(seed_name(name, i), run.teacher_config, T=s.T, alpha=s.alpha, cache=cache, seed=seed,
+                               **use)
+        rows.append(run.decode(seed_name(name, i), "student", student, {**extra, "seed": seed}))
+    return extra, rows
 
 
 def run_table1(run: DistillRunner, s: DistillSettings) -> dict:
-    baseline, _ = run.train("baseline", run.teacher_config)
-    base_row = run.decode("baseline", "baseline", baseline)
-    table = {"ensemble_frame_acc": run.ensemble_acc, "baseline_frame_acc": base_row["frame_acc"],
-             "baseline_wer": base_row["wer"], "T": s.T, "alpha": s.alpha, "mean": s.mean}
+    """The fair protocol: baseline and student share the recipe (the teachers' unless ``s.recipe`` overrides it for
+    both) and the seeds; only the targets differ.  The recovered fraction is computed from the seeds' means; its
+    spread is that of the per-seed fractions (seed i's student against seed i's baseline)."""
+    seeds = [100 + i for i in range(s.seeds)]
+    base_rows = []
+    for i, seed in enumerate(seeds):
+        baseline, _ = run.train(seed_name("baseline", i), run.teacher_config, seed=seed, **s.recipe)
+        base_rows.append(run.decode(seed_name("baseline", i), "baseline", baseline,
+                                    {"seed": seed, **{k: v for k, v in s.recipe.items() if v}}))
+    base = seed_summary(base_rows)
+    table = {"T": s.T, "alpha": s.alpha, "mean": s.mean, "recipe": s.recipe, "seeds": seeds,
+             "ensemble_frame_acc": run.ensemble_acc, "ensemble_dev_frame_acc": run.ensemble_dev_acc,
+             "ensemble_wer": run.ensemble_wer,
+             "baseline_frame_acc": base["frame_acc"], "baseline_wer": base["wer"], "baseline": base}
     for source in (("live", "cache") if s.teacher_source == "both" else (s.teacher_source,)):
-        table[source] = _student_row(run, s, source, base_row)
+        extra, rows = _student_rows(run, s, source, seeds)
+        stud = seed_summary(rows)
+        per_seed = [recovered(r["frame_acc"], b["frame_acc"], run.ensemble_acc) for r, b in zip(rows, base_rows)]
+        finite = [f for f in per_seed if f == f]
+        table[source] = {**stud, "recovered_fraction": recovered(stud["frame_acc"], base["frame_acc"],
+                                                                 run.ensemble_acc),
+                         "recovered_fraction_per_seed": per_seed,
+                         "recovered_fraction_dev": recovered(stud["dev_frame_acc"], base["dev_frame_acc"],
+                                                             run.ensemble_dev_acc),
+                         "recovered_fraction_std": round(statistics.stdev(finite), 3) if len(finite) > 1 else 0.0,
+                         **extra}
         if run.main:  # after each row: a failure in the next one keeps this one
             update_experiment(run.exp.dir, "table1", table)
     return table
@@ -131,8 +181,8 @@ def run_compression(run: DistillRunner, s: DistillSettings) -> list:
         m, _ = run.train(f"student-h{h}", scfg, T=s.T, alpha=s.alpha, **s.recipe)
         row = run.decode(f"student-h{h}", "student", m, {"T": s.T, "alpha": s.alpha, "param_fraction": round(frac, 4),
                                                           **s.recipe})
-        b, _ = run.train(f"baseline-h{h}", scfg)
-        brow = run.decode(f"baseline-h{h}", "baseline", b, {"param_fraction": round(frac, 4)})
+        b, _ = run.train(f"baseline-h{h}", scfg, **s.recipe)  # the student's recipe: only the targets differ
+        brow = run.decode(f"baseline-h{h}", "baseline", b, {"param_fraction": round(frac, 4), **s.recipe})
         rows.append({"hidden_dim": h, "params": row["params"], "param_fraction": frac, "student_wer": row["wer"],
                      "student_frame_acc": row["frame_acc"], "baseline_wer": brow["wer"],
                      "baseline_frame_acc": brow["frame_acc"]})

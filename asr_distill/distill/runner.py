@@ -57,7 +57,9 @@ class DistillRunner:
         keep = {f.name for f in fields(TrainConfig)} - {"seed", "frame_subset"}
         self.train_config = {**{k: v for k, v in inherited.items() if k in keep}, **(train_config or {})}
         self.scorer = Scorer(exp, jobs, **(scorer_options or {})) if self.main else None
-        self.ensemble_acc = read_json(exp.decode_dir(f"ensemble-{mean}") / "wer.json")["frame_acc"]
+        ensemble = read_json(exp.decode_dir(f"ensemble-{mean}") / "wer.json")
+        self.ensemble_acc, self.ensemble_wer = ensemble["frame_acc"], ensemble["wer"]
+        self.ensemble_dev_acc = ensemble.get("dev_frame_acc", float("nan"))
 
     def _open(self, split: str, shard=None, topk_manifest=None):
         return open_frames(self.exp.frame_source(split, topk_manifest), self.left, self.right, self.device, shard,
@@ -115,7 +117,8 @@ class DistillRunner:
 
     def decode(self, name: str, kind: str, model: nn.Module, extra: Optional[dict] = None) -> dict:
         if not self.main:
-            return {"name": name, "kind": kind, "params": count_parameters(model), "frame_acc": float("nan"),
-                    "wer": float("nan")}
+            nan = float("nan")
+            return {"name": name, "kind": kind, "params": count_parameters(model), "frame_acc": nan,
+                    "dev_frame_acc": nan, "wer": nan, "dev_wer": nan, **(extra or {})}
         post: Dict[str, Dict] = {s: log_posteriors(model, self.frames[s]) for s in ("dev", "test")}
         return self.scorer.evaluate_posteriors(name, kind, post, count_parameters(model), extra)

@@ -15,7 +15,7 @@ from .align import AlignmentError, TrainingGraphs, align_utterances
 from .inventory import StateInventory
 from .model import GmmModel
 
-__all__ = ["train_monophone", "equal_alignments", "accumulate_stats", "mle_update"]
+__all__ = ["train_monophone", "equal_alignments", "accumulate_stats", "mle_update", "split_gaussians"]
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,35 @@ def mle_update(am, inventory: StateInventory, accs, tstats, target_gauss: int, o
     inventory.update_transitions(np.asarray(tstats, dtype=np.float64))
     khg.mle_am_diag_gmm_update(config=opts, amdiag_gmm_acc=accs, flags=khg.str_to_gmm_flags("mvwt"), am_gmm=am)
     occs = torch.tensor([accs.get_acc(j).occupancy.sum().item() for j in range(accs.num_accs)], dtype=torch.float32)
-    am.split_by_count(state_occs=occs, target_components=target_gauss, perturb_factor=0.01, power=power,
-                      min_count=20.0)
+    split_gaussians(am, occs, target_gauss, power)
+
+
+def split_gaussians(am, state_occs: torch.Tensor, target_gauss: int, power: float, perturb_factor: float = 0.01,
+                    min_count: float = 20.0) -> None:
+    """``AmDiagGmm::SplitByCount`` with a reproducible perturbation.  kaldi_hmm_gmm draws the split copies' offsets
+    from an unseeded generator (two runs of one recipe trained different GMMs), so the copies are made unperturbed
+    and then moved apart here as Kaldi moves them: Gaussian offsets of ``perturb_factor`` standard deviations that
+    sum to zero over each group of copies (+r and -r for a pair), from a generator seeded by the model's size."""
+    before = [am.get_pdf(j).num_gauss for j in range(am.num_pdfs)]
+    am.split_by_count(state_occs=state_occs, target_components=target_gauss, perturb_factor=0.0, power=power,
+                      min_count=min_count)
+    rng = np.random.default_rng(sum(before))
+    for j, n in enumerate(before):
+        pdf = am.get_pdf(j)
+        if pdf.num_gauss == n:
+            continue
+        inv_vars = np.asarray(pdf.inv_vars, dtype=np.float64)
+        means = np.asarray(pdf.means_invvars, dtype=np.float64) / inv_vars
+        _, group, counts = np.unique(means, axis=0, return_inverse=True, return_counts=True)
+        group = group.reshape(-1)
+        for g in np.flatnonzero(counts > 1):
+            members = np.flatnonzero(group == g)
+            offsets = rng.standard_normal((len(members), means.shape[1]))
+            offsets -= offsets.mean(axis=0)
+            means[members] += perturb_factor * offsets / np.sqrt(inv_vars[members])
+        pdf.set_invvars_and_means(torch.from_numpy(inv_vars.astype(np.float32)),
+                                  torch.from_numpy(means.astype(np.float32)))
+        pdf.compute_gconsts()
 
 
 def train_monophone(inventory: StateInventory, graphs: TrainingGraphs, feats: Mapping[str, np.ndarray],

@@ -12,7 +12,7 @@ import kaldifst
 from ..utils import Pathlike
 from .errors import LexiconError
 
-__all__ = ["estimate_bigram_arpa", "make_g"]
+__all__ = ["estimate_bigram_arpa", "make_g", "arpa_vocabulary"]
 
 
 def estimate_bigram_arpa(sentences: Iterable[Sequence[str]], vocab: Iterable[str]) -> str:
@@ -81,3 +81,21 @@ def make_g(arpa_path: Pathlike, words_txt: Pathlike):
     G = kaldifst.compile(proc.stdout, acceptor=False)
     kaldifst.arcsort(G, sort_type="ilabel")
     return G
+
+
+def arpa_vocabulary(arpa_path: Pathlike) -> set:
+    """The words of an ARPA LM's 1-grams (sentence markers and ``<unk>`` left out): what a decoder over its G can
+    output."""
+    words, inside = set(), False
+    with open(arpa_path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("\\"):
+                if inside:
+                    break
+                inside = line == "\\1-grams:"
+                continue
+            parts = line.split()
+            if inside and len(parts) >= 2 and parts[1] not in ("<s>", "</s>", "<unk>", "<UNK>"):
+                words.add(parts[1])
+    return words

@@ -18,7 +18,8 @@ ENSEMBLE_MEANS = ("arithmetic", "geometric")
 @torch.no_grad()
 def frame_sums(model: nn.Module, frames, batch_size: int = 8192, part: int = 0,
                parts: int = 1) -> Tuple[int, float, int]:
-    """(correct, summed cross-entropy, frames) over the batches ``part``, ``part + parts``, ... of ``frames``."""
+    """(correct, summed cross-entropy, frames) over the batches ``part``, ``part + parts``, ... of ``frames``;
+    frames labelled -1 (a dev/test utterance the GMM could not align) are left out."""
     was_training = model.training
     model.eval()
     correct, loss, n = 0, 0.0, 0
@@ -26,9 +27,10 @@ def frame_sums(model: nn.Module, frames, batch_size: int = 8192, part: int = 0,
         if b % parts != part:
             continue
         logits = model(x).float()  # fp32: these numbers are reported and become decoder log-likelihoods
-        correct += int((logits.argmax(1) == y).sum())
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        n += len(y)
+        known = y >= 0
+        correct += int(((logits.argmax(1) == y) & known).sum())
+        loss += float(F.cross_entropy(logits, y, ignore_index=-1, reduction="sum"))
+        n += int(known.sum())
     model.train(was_training)
     return correct, loss, n
 

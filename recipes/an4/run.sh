@@ -15,10 +15,10 @@ num_teachers=4      # stage 4-6 defaults suit full AN4 on a CPU; see docs/RESULT
 # overfits by epoch 6; with noise 0.2 and frequency masks up to 8 bins two teachers went from dev WER 7.66 / 7.66
 # to 5.36 / 6.51 (docs/RESULTS.md, section 8b).
 teacher_args="--noise-std 0.2 --freq-mask 8"
-# Student settings chosen on AN4's DEV frame accuracy by `--experiments select` (docs/RESULTS.md, section 2e): T=5,
-# 30 epochs, input perturbation (noise 0.2, frequency masks up to 8 bins) labelled by the live teachers.  Passing
-# --distill-args replaces them; --distill-args "-T 2 --alpha 0.5" is the paper's setting.
-distill_args="-T 5 --alpha 0.5 --student-epochs 30 --noise-std 0.2 --freq-mask 8"
+# T=5 as chosen on AN4's DEV frame accuracy by `--experiments select` (docs/RESULTS.md, section 2e).  Stage 6 trains
+# the baseline and the student with the teachers' recipe (above), 3 seeds each: the fair Table 1 of section 9a.
+# Passing --distill-args replaces them; --distill-args "-T 2 --alpha 0.5" is the paper's setting.
+distill_args="-T 5 --alpha 0.5"
 for ((i = 1; i <= $#; i++)); do  # the corpus dictionary follows --corpus-dir unless --lexicon is given
   if [ "${!i}" = --corpus-dir ]; then j=$((i + 1)); corpus_dir=${!j}; fi
 done

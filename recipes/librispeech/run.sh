@@ -19,5 +19,5 @@ stop_stage=7
 num_teachers=4
 teacher_args=""
 distill_args=""
-gmm_args="--total-gauss 2000 --num-leaves 2500 --tri-gauss 15000"  # Kaldi's mini_librispeech tri3b sizes
+gmm_args="--total-gauss 2000 --num-leaves 2500 --tri-gauss 15000 --mono-subset 500"  # Kaldi's mini_librispeech sizes
 source "$(dirname "$0")/../common/stages.sh"
