@@ -199,10 +199,13 @@ def test_long_utterances_align_and_too_many_failures_stop_the_gmm_stage(tmp_path
     assert "trained on the 16 shortest" in proc.stderr
     failed = dict(line.split(" ", 1) for line in listed.read_text().splitlines())
     assert failed[bad] == f"no alignment within the retry beam ({round(train[0].duration * 100)} frames, 40 words)"
-    # allowed: stage 3 goes on; utterances longer than any the monophones trained on were aligned and labelled
-    proc = _recipe("librispeech", "--corpus-dir", corpus, "--exp-dir", exp, "--stage", 3, "--stop-stage", 3,
-                   "--gmm-args", gmm + " --max-align-failures 0.2")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # allowed: stage 3 goes on (through the library, with a small dev grid); utterances longer than any the
+    # monophones trained on were aligned and labelled
+    from asr_distill.experiment import Experiment
+    from asr_distill.recipe import stage_gmm
+
+    stage_gmm(Experiment(exp, "librispeech"), systems=("mono",), num_iters=20, total_gauss=300, mono_subset=16,
+              max_align_failures=0.2, scorer_options={"scales": (0.05, 0.0833, 0.125), "penalties": (0.0, 2.0)})
     labelled = {c["id"] for c in _cuts(exp / "gmm" / "cuts_train.jsonl.gz")}
     final_failed = (exp / "gmm" / "align_failed_train.txt").read_text().split()
     assert bad in final_failed and labelled == {c.id for c in train} - set(final_failed)
