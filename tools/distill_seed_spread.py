@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from asr_distill.distill.experiments import recovered  # noqa: E402
 from asr_distill.distill.recipes import parse_recipe  # noqa: E402
 from asr_distill.distill.runner import DistillRunner  # noqa: E402
 from asr_distill.experiment import Experiment  # noqa: E402
@@ -66,8 +67,8 @@ def main() -> None:
                                             "min": min(vals), "max": max(vals)}
     if "baseline" in systems and "student" in systems:
         base, stud = summary["baseline_test_frame_acc"]["mean"], summary["student_test_frame_acc"]["mean"]
-        gain = run.ensemble_acc - base
-        summary["recovered_fraction_of_means"] = round((stud - base) / gain, 3) if gain > 0 else None
+        fraction = recovered(stud, base, run.ensemble_acc)
+        summary["recovered_fraction_of_means"] = fraction if fraction == fraction else None
     out = {"T": args.T, "alpha": args.alpha, "recipe": recipe, "ensemble_test_frame_acc": run.ensemble_acc,
            "rows": rows, "summary": summary}
     write_json(out, exp / "distill" / "seed_spread.json")

@@ -256,18 +256,10 @@ def stage_gmm(exp: Experiment, systems: Sequence[str] = GMM_SYSTEMS, num_iters: 
                                     ("num_leaves", "tri_gauss", "tree_min_gain"))}
         own["after"] = prev.name if prev else None
         # reused only when every system before it was too: one trained anew changes the alignments it starts from
-        if reuse_trained and chain_reused and meta.exists() and read_json(meta)["options"] == own:
+        reused = reuse_trained and chain_reused and meta.exists() and read_json(meta)["options"] == own
+        if reused:
             log.info("%s: reusing the trained system in %s", name, out)
             system = GmmSystem.load(out)
-            scored = out / "scored.json"
-            check_training_alignments(exp, system, data, max_align_failures)
-            if scored.exists() and read_json(scored)["settings"] == score_settings:
-                # the same system (and the same systems before it) scored with the same settings: its graph, its
-                # dev/test fMLLR and its row are already there
-                rows.append(read_json(scored)["row"])
-                update_results(exp.dir, exp.corpus, rows[-1])
-                prev = system
-                continue
         else:
             chain_reused = False
             shutil.rmtree(out, ignore_errors=True)
@@ -275,14 +267,22 @@ def stage_gmm(exp: Experiment, systems: Sequence[str] = GMM_SYSTEMS, num_iters: 
             system = _train(name, prev, lang, data, opts)
             system.save(out, own, time.time() - t0)
             system = GmmSystem.load(out)  # as every later reader gets it (transitions re-estimated from counts)
+        check_training_alignments(exp, system, data, max_align_failures)
+        scored = out / "scored.json"
+        if reused and scored.exists() and read_json(scored)["settings"] == score_settings:
+            # the same system (and the same systems before it) scored with the same settings: its graph, its
+            # dev/test fMLLR and its row are already there
+            rows.append(read_json(scored)["row"])
+            update_results(exp.dir, exp.corpus, rows[-1])
+            prev = system
+            continue
         _write_graph(lang, system.inventory, out / "graph")
         if system.features.speaker_adapted:
             for split in ("dev", "test"):
                 system.features.fmllr[split] = _first_pass_fmllr(exp, system, prev, lang, data, split, jobs, beam)
             system.features.save(out)
-        check_training_alignments(exp, system, data, max_align_failures)
         rows.append(_score(exp, system, lang, data, jobs, beam, scorer_options))
-        write_json({"settings": score_settings, "row": rows[-1]}, out / "scored.json")
+        write_json({"settings": score_settings, "row": rows[-1]}, scored)
         prev = system
     _write_targets(exp, prev, lang, data)
     return rows
