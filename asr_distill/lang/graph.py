@@ -4,7 +4,7 @@ last.  The context-dependency (C, H) comes from a state inventory (:class:`asr_d
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import kaldi_hmm_gmm as khg
 import kaldifst
@@ -20,22 +20,26 @@ SILENCE = "SIL"
 
 
 def make_lexicon_fst(entries: Sequence[Tuple[str, List[str]]], phones: Dict[str, int], words: Dict[str, int],
-                     sil_prob: float = 0.5, word_disambig_loop: bool = False):
+                     sil_prob: float = 0.5, word_disambig_loop: bool = False,
+                     probs: Optional[Sequence[float]] = None):
     """L as an OpenFst transducer (phones -> words) with optional silence after every word, as Kaldi's
-    ``make_lexicon_fst.py --sil-prob``: states 0 (start), 1 (between words), 2 (after silence)."""
+    ``make_lexicon_fst.py --sil-prob``: states 0 (start), 1 (between words), 2 (after silence).  ``probs``:
+    pronunciation probabilities (``lexiconp.txt``), -log(prob) on each pronunciation's first arc."""
     no_sil, sil = -math.log(1 - sil_prob), -math.log(sil_prob)
+    probs = probs if probs is not None else [1.0] * len(entries)
     # silence is emitted on the 2 -> 1 arc, so both the sentence start and every word end can reach it
     arcs = [f"0 1 0 0 {no_sil}", f"0 2 0 0 {sil}", f"2 1 {phones[SILENCE]} 0 0"]
     next_state = 3
-    for word, prons in entries:
+    for (word, prons), prob in zip(entries, probs):
         src = 1
         for i, p in enumerate(prons):
             olabel = words[word] if i == 0 else 0
+            pron_cost = -math.log(prob) if i == 0 else 0.0
             if i == len(prons) - 1:
-                arcs.append(f"{src} 1 {phones[p]} {olabel} {no_sil}")
-                arcs.append(f"{src} 2 {phones[p]} {olabel} {sil}")
+                arcs.append(f"{src} 1 {phones[p]} {olabel} {no_sil + pron_cost}")
+                arcs.append(f"{src} 2 {phones[p]} {olabel} {sil + pron_cost}")
             else:
-                arcs.append(f"{src} {next_state} {phones[p]} {olabel} 0")
+                arcs.append(f"{src} {next_state} {phones[p]} {olabel} {pron_cost}")
                 src = next_state
                 next_state += 1
     if word_disambig_loop:

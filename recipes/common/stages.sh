@@ -8,7 +8,10 @@
 #   --train-dir/--dev-dir/--test-dir DIR   Kaldi data directories (kaldi)
 #   --dev-speakers N / --test-speakers N   carve speaker-disjoint dev/test sets out of train
 #   --download           fetch the corpus into --corpus-dir first (librispeech: Mini LibriSpeech; yesno)
-#   --lexicon FILE       corpus dictionary (CMU format), used before CMUdict and the grapheme fallback
+#   --lexicon FILE       corpus dictionary (CMU/Sphinx, CMUdict with stress, Kaldi lexicon.txt or lexiconp.txt),
+#                        used before CMUdict and the grapheme fallback
+#   --lm ARPA            decode with this ARPA LM (any order, plain or .gz) instead of one estimated on train
+#   --lm-text FILE  --lm-order N   more LM text (one sentence per line) and the estimated n-gram's order (2)
 #   --exp-dir DIR  --stage N  --stop-stage N  --jobs N  --force
 #   --num-teachers K  --device cpu|cuda  --nproc N (torchrun data-parallel ranks for stages 4 and 6)
 #   --frames auto|resident|stream   stages 4-6's frame path (stream: memory does not grow with the corpus)
@@ -43,6 +46,7 @@ while [ $# -gt 0 ]; do
     --train-dir|--dev-dir|--test-dir|--dev-speakers|--test-speakers) prepare_args+=("$1" "$2"); shift 2;;
     --download) prepare_args+=(--download); shift;;
     --lexicon) lexicon=$2; shift 2;;
+    --lm|--lm-text|--lm-order) lang_args+=("$1" "$2"); shift 2;;
     --exp-dir) exp_dir=$2; shift 2;;
     --stage) stage=$2; shift 2;;
     --stop-stage) stop_stage=$2; shift 2;;
@@ -87,7 +91,7 @@ if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
   asr-distill features "${common[@]}"
 fi
 if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
-  log "stage 2: lexicon (${lexicon:-no corpus dictionary} + CMUdict + grapheme fallback), bigram LM, HCLG"
+  log "stage 2: lexicon (${lexicon:-no corpus dictionary} + CMUdict + grapheme fallback), LM, HCLG"
   asr-distill lang "${common[@]}" ${lexicon:+--lexicon "$lexicon"} "${lang_args[@]}"
 fi
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
