@@ -19,6 +19,7 @@ import time
 import click
 
 from ..data import CORPORA, CorpusError, FrameArrayError
+from ..decode.scorer import TUNERS
 from ..deploy.export import export_model
 from ..deploy.measure import measure_model_dir
 from ..deploy.transcribe import main as transcribe_main
@@ -198,6 +199,15 @@ def _gmm_systems(ctx, param, value: str):
         raise click.BadParameter(str(e))
 
 
+def _score_systems(value: str, systems) -> List[str]:
+    chosen = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in systems]
+    if unknown or not chosen:
+        raise click.BadParameter(f"{', '.join(unknown) or value!r}: expected 'all' or systems of the chain "
+                                 f"({', '.join(systems)})", param_hint="--score-systems")
+    return chosen
+
+
 @cli.command()
 @click.option("--gmm-stages", "systems", default=",".join(GMM_SYSTEMS), show_default=True, callback=_gmm_systems,
               help="the GMM chain, each aligning for the next; the last one's alignments are the DNNs' targets "
@@ -214,16 +224,24 @@ def _gmm_systems(ctx, param, value: str):
 @click.option("--max-align-failures", default=0.05, show_default=True, type=click.FloatRange(0.0, 1.0),
               help="stop when a system cannot align more than this fraction of the training utterances (they are "
                    "listed in EXP/gmm/<system>/align_failed_train.txt)")
+@click.option("--score-systems", default="all", show_default=True,
+              help="comma-separated systems to decode and score (the others only train and align, as the chain "
+                   "needs; a SAT system's first pass then decodes at Kaldi's 0.0833 scale)")
+@click.option("--dev-tuning", type=click.Choice(TUNERS), default="search", show_default=True,
+              help="how the dev acoustic-scale x word-penalty grid is searched: search (a descent, a handful of "
+                   "decodes), lattice (one lattice decode rescored; fast on small graphs), grid (every point)")
 @click.option("--jobs", default=2, show_default=True, help="decoding processes")
 @stage_command("gmm")
 def gmm(exp, systems, num_iters, total_gauss, num_leaves, tri_gauss, tree_min_gain, mono_subset, max_align_failures,
-        jobs):
+        score_systems, dev_tuning, jobs):
     """Stage 3: the GMM-HMM chain (mono -> tri1 -> tri2 -> tri3), each decoded (scale tuned on dev); the last
     system's forced alignments of train/dev/test label the DNNs' frames."""
     # a forced redo (the stage finished before) retrains; an interrupted run reuses finished systems
     return stage_gmm(exp, systems, num_iters=num_iters, total_gauss=total_gauss, num_leaves=num_leaves,
                      tri_gauss=tri_gauss, tree_min_gain=tree_min_gain, jobs=jobs, reuse_trained=not exp.done("gmm"),
-                     mono_subset=mono_subset, max_align_failures=max_align_failures)
+                     mono_subset=mono_subset, max_align_failures=max_align_failures,
+                     score_systems=None if score_systems == "all" else _score_systems(score_systems, systems),
+                     scorer_options={"tuning": dev_tuning})
 
 
 _frames_option = click.option(

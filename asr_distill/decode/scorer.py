@@ -24,12 +24,19 @@ from ..utils import atomic_write_text, write_json
 from .backend import DecodingConfig, decode_loglikes
 from .priors import pseudo_loglikes
 from .scoring import WerResult, compute_wer, words_of
-from .tuning import tune_acoustic_scale
+from .lattice import tune_by_rescoring
+from .tuning import search_acoustic_scale, tune_acoustic_scale
 
 if TYPE_CHECKING:  # annotations only: the experiment module imports this package
     from ..experiment import Experiment
 
-__all__ = ["Scorer", "oov_rate", "GMM_SCALES", "DNN_SCALES", "WORD_PENALTIES"]
+__all__ = ["Scorer", "oov_rate", "GMM_SCALES", "DNN_SCALES", "WORD_PENALTIES", "TUNERS"]
+
+# How the dev grid is searched: "search" decodes the points a descent from the grid's middle visits (a handful);
+# "lattice" decodes dev once into lattices and rescores every grid point, then decodes the best few (Kaldi's way:
+# fast on small graphs, but kaldi-decoder's lattice decoder has no max-active and is slow on large ones); "grid"
+# decodes every point.
+TUNERS = ("search", "lattice", "grid")
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +63,12 @@ class Scorer:
     def __init__(self, exp: "Experiment", jobs: int = 2, beam: float = 13.0, splits: Sequence[str] = ("dev", "test"),
                  scales: Sequence[float] = DNN_SCALES, penalties: Sequence[float] = WORD_PENALTIES,
                  graph_dir: Optional[Path] = None, labels: Optional[Mapping[str, Mapping[str, np.ndarray]]] = None,
-                 log_priors: Optional[np.ndarray] = None):
+                 log_priors: Optional[np.ndarray] = None, tuning: str = "search"):
         """``graph_dir`` / ``labels`` / ``log_priors``: another system's graph, frame labels and priors than the
         experiment's targets (each GMM system of the bootstrap is scored with its own)."""
-        self.exp, self.jobs = exp, jobs
+        if tuning not in TUNERS:
+            raise ValueError(f"tuning must be one of {TUNERS}, not {tuning!r}")
+        self.exp, self.jobs, self.tuning = exp, jobs, tuning
         self.scales, self.penalties = tuple(scales), tuple(penalties)  # the dev grid (Kaldi's score.sh ranges)
         graph_dir = Path(graph_dir) if graph_dir is not None else exp.graph_dir
         self.hclg = graph_dir / "HCLG.fst"
@@ -94,8 +103,9 @@ class Scorer:
 
     def tune(self, dev_loglikes: Mapping[str, np.ndarray], scales: Optional[Sequence[float]] = None
              ) -> Tuple[DecodingConfig, Dict[str, float]]:
-        return tune_acoustic_scale(self.hclg, self.tid2pdf, dev_loglikes, self.refs["dev"], self.id2word,
-                                   scales or self.scales, self.config, self.jobs, self.penalties)
+        tune = {"search": search_acoustic_scale, "lattice": tune_by_rescoring, "grid": tune_acoustic_scale}[self.tuning]
+        return tune(self.hclg, self.tid2pdf, dev_loglikes, self.refs["dev"], self.id2word, scales or self.scales,
+                    self.config, self.jobs, self.penalties)
 
     def evaluate(self, name: str, kind: str, loglikes: Mapping[str, Mapping[str, np.ndarray]], params: int,
                  extra: Optional[dict] = None, scales: Optional[Sequence[float]] = None) -> dict:

@@ -33,7 +33,8 @@ def _count_ngrams(sentences: Iterable[Sequence[str]], vocab: set, order: int, st
         if strict:
             unknown = [w for w in words if w not in vocab]
             if unknown:
-                raise LexiconError(f"training transcripts use words missing from the lexicon: {sorted(set(unknown))[:20]}")
+                raise LexiconError("training transcripts use words missing from the lexicon: "
+                                   f"{sorted(set(unknown))[:20]}")
         known = [w in vocab for w in seq]
         known[0] = True
         for i in range(1, len(seq)):

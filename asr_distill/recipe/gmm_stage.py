@@ -132,7 +132,9 @@ def _first_pass_fmllr(exp: Experiment, system: GmmSystem, si: GmmSystem, lang: L
     speaker-independent system at its tuned scale, align those hypotheses with the SAT model (twice: on the
     unadapted, then on the adapted features) and estimate each speaker's fMLLR from them, silence weighted 0.01."""
     si_dir = exp.gmm_system_dir(si.name)
-    tuned = read_json(exp.decode_dir(f"gmm-{si.name}") / "wer.json")
+    scored = exp.decode_dir(f"gmm-{si.name}") / "wer.json"
+    # an unscored speaker-independent system decodes at Kaldi's decode_fmllr.sh first-pass scale
+    tuned = read_json(scored) if scored.is_file() else {"acoustic_scale": 0.083333, "word_penalty": 0.0}
     config = DecodingConfig(beam=beam, acoustic_scale=tuned["acoustic_scale"], word_penalty=tuned["word_penalty"])
     si_feats = data.feats(si, split)
     ids = decode_loglikes(si_dir / "graph" / "HCLG.fst", read_tid2pdf(si_dir / "graph" / "tid2pdf.txt"),
@@ -231,14 +233,16 @@ def check_training_alignments(exp: Experiment, system: GmmSystem, data: _Corpus,
 def stage_gmm(exp: Experiment, systems: Sequence[str] = GMM_SYSTEMS, num_iters: int = 40, total_gauss: int = 1000,
               num_leaves: int = 2000, tri_gauss: int = 10000, tree_min_gain: float = 300.0, jobs: int = 2,
               beam: float = 13.0, reuse_trained: bool = True, scorer_options: Optional[dict] = None,
-              mono_subset: int = 1000, max_align_failures: float = 0.05) -> List[dict]:
+              mono_subset: int = 1000, max_align_failures: float = 0.05,
+              score_systems: Optional[Sequence[str]] = None) -> List[dict]:
     """Stage 3: train, decode and score each GMM system of ``systems`` in turn; the last one's alignments are the
     DNNs' targets.  ``reuse_trained``: systems whose training finished (with the same options) in an interrupted
     earlier run are reused (False: everything is trained anew).  ``scorer_options``: the
     :class:`~asr_distill.decode.scorer.Scorer`'s (default: the GMM scale grid).  ``mono_subset``: the monophones
     train on this many of the shortest training utterances (0: all), as Kaldi's recipes do, then align them all;
     ``max_align_failures``: the fraction of training utterances a system may fail to align before the stage
-    stops (:func:`check_training_alignments`).  Returns the results rows."""
+    stops (:func:`check_training_alignments`).  ``score_systems``: the systems decoded and scored (default: all;
+    the others are trained, aligned and given a graph).  Returns the results rows."""
     systems = check_gmm_systems(systems)
     if not 0.0 <= max_align_failures <= 1.0:
         raise ValueError(f"max_align_failures must be a fraction in [0, 1], not {max_align_failures}")
@@ -281,6 +285,10 @@ def stage_gmm(exp: Experiment, systems: Sequence[str] = GMM_SYSTEMS, num_iters: 
             for split in ("dev", "test"):
                 system.features.fmllr[split] = _first_pass_fmllr(exp, system, prev, lang, data, split, jobs, beam)
             system.features.save(out)
+        if score_systems is not None and name not in score_systems:
+            log.info("%s: not scored (--score-systems)", name)
+            prev = system
+            continue
         rows.append(_score(exp, system, lang, data, jobs, beam, scorer_options))
         write_json({"settings": score_settings, "row": rows[-1]}, scored)
         prev = system
