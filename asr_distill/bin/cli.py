@@ -199,7 +199,7 @@ def _gmm_systems(ctx, param, value: str):
         raise click.BadParameter(str(e))
 
 
-def _score_systems(value: str, systems) -> List[str]:
+def _score_systems(value: str, systems) -> list:
     chosen = [s.strip() for s in value.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in systems]
     if unknown or not chosen:
