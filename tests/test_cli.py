@@ -87,6 +87,17 @@ def test_distill_refuses_unknown_experiments_and_bad_candidates(tmp_path, args, 
     assert not (tmp_path / ".done" / "distill").exists()
 
 
+@pytest.mark.parametrize("args, named", [
+    (["--score-systems", "tri2,tri9"], "tri9"),
+    (["--dev-tuning", "fast"], "fast"),
+])
+def test_gmm_refuses_unknown_scored_systems_and_tuners(tmp_path, args, named):
+    cmd = _asr_distill() + ["gmm", "--exp-dir", str(tmp_path), *args]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert named in proc.stderr and "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("args, said", [
     (["--stage", "foo"], "--stage foo: expected a stage number 0-8"),
     (["--stage", "9"], "--stage 9: expected a stage number 0-8"),

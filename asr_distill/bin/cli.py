@@ -199,12 +199,14 @@ def _gmm_systems(ctx, param, value: str):
         raise click.BadParameter(str(e))
 
 
-def _score_systems(value: str, systems) -> list:
+def _score_systems(ctx, param, value: str):
+    if value == "all":
+        return None
     chosen = [s.strip() for s in value.split(",") if s.strip()]
-    unknown = [s for s in chosen if s not in systems]
+    unknown = [s for s in chosen if s not in GMM_SYSTEMS]
     if unknown or not chosen:
-        raise click.BadParameter(f"{', '.join(unknown) or value!r}: expected 'all' or systems of the chain "
-                                 f"({', '.join(systems)})", param_hint="--score-systems")
+        raise click.BadParameter(f"{', '.join(unknown) or repr(value)}: expected 'all' or GMM systems "
+                                 f"({', '.join(GMM_SYSTEMS)})")
     return chosen
 
 
@@ -224,7 +226,7 @@ def _score_systems(value: str, systems) -> list:
 @click.option("--max-align-failures", default=0.05, show_default=True, type=click.FloatRange(0.0, 1.0),
               help="stop when a system cannot align more than this fraction of the training utterances (they are "
                    "listed in EXP/gmm/<system>/align_failed_train.txt)")
-@click.option("--score-systems", default="all", show_default=True,
+@click.option("--score-systems", default="all", show_default=True, callback=_score_systems,
               help="comma-separated systems to decode and score (the others only train and align, as the chain "
                    "needs; a SAT system's first pass then decodes at Kaldi's 0.0833 scale)")
 @click.option("--dev-tuning", type=click.Choice(TUNERS), default="search", show_default=True,
@@ -240,7 +242,7 @@ def gmm(exp, systems, num_iters, total_gauss, num_leaves, tri_gauss, tree_min_ga
     return stage_gmm(exp, systems, num_iters=num_iters, total_gauss=total_gauss, num_leaves=num_leaves,
                      tri_gauss=tri_gauss, tree_min_gain=tree_min_gain, jobs=jobs, reuse_trained=not exp.done("gmm"),
                      mono_subset=mono_subset, max_align_failures=max_align_failures,
-                     score_systems=None if score_systems == "all" else _score_systems(score_systems, systems),
+                     score_systems=score_systems,
                      scorer_options={"tuning": dev_tuning})
 
 
