@@ -6,7 +6,8 @@ from typing import Any, Dict, List, Optional
 
 from .utils import Pathlike, read_json, write_json
 
-__all__ = ["update_results", "update_experiment", "load_results", "format_table", "format_table1", "KINDS"]
+__all__ = ["update_results", "update_experiment", "load_results", "format_table", "format_table1", "KINDS",
+           "choose_deployable", "DEPLOY_MARGIN"]
 
 KINDS = ("gmm", "teacher", "ensemble", "baseline", "student")
 
@@ -89,3 +90,29 @@ def update_experiment(exp_dir: Pathlike, key: str, value: Any) -> None:
     res = load_results(exp_dir)
     res.setdefault("experiments", {})[key] = value
     write_json(res, Path(exp_dir) / "results.json")
+
+
+# stage 8's default: a student may be this many dev WER points above the best ensemble and still be deployed
+DEPLOY_MARGIN = 0.5
+
+
+def choose_deployable(results: Dict[str, Any], margin: float = DEPLOY_MARGIN) -> Dict[str, Any]:
+    """The student to ship: the smallest (fewest parameters) whose DEV WER is within ``margin`` points of the best
+    ensemble's dev WER (ties: the lower dev WER, then the name); when none is, the student with the lowest dev
+    WER.  Test is never looked at.  Returns ``{"system", "params", "dev_wer", "ensemble", "ensemble_params",
+    "ensemble_dev_wer", "params_vs_ensemble", "within_margin", "margin"}``."""
+    rows = results.get("systems", [])
+    students = [r for r in rows if r.get("kind") == "student" and r.get("dev_wer") is not None]
+    ensembles = [r for r in rows if r.get("kind") == "ensemble" and r.get("dev_wer") is not None]
+    if not students:
+        raise ValueError("no scored student in results.json: run stage 6 (distill) first")
+    if not ensembles:
+        raise ValueError("no scored ensemble in results.json: run stage 5 (evaluate) first")
+    ens = min(ensembles, key=lambda r: (r["dev_wer"], r["params"], r["name"]))
+    close = [r for r in students if r["dev_wer"] <= ens["dev_wer"] + margin]
+    pick = (min(close, key=lambda r: (r["params"], r["dev_wer"], r["name"])) if close
+            else min(students, key=lambda r: (r["dev_wer"], r["params"], r["name"])))
+    return {"system": pick["name"], "params": pick["params"], "dev_wer": pick["dev_wer"], "ensemble": ens["name"],
+            "ensemble_params": ens["params"], "ensemble_dev_wer": ens["dev_wer"],
+            "params_vs_ensemble": round(pick["params"] / ens["params"], 4), "within_margin": bool(close),
+            "margin": margin}

@@ -190,3 +190,31 @@ def test_a_finished_teacher_stage_refuses_other_options_and_the_corpus_kind_is_a
                           text=True, timeout=120)
     assert proc.returncode == 2 and "librispeach" in proc.stderr and "librispeech" in proc.stderr
     assert not (tmp_path / "exp2" / ".done").exists()
+
+
+def test_deployable_student_is_the_smallest_close_to_the_ensemble_on_dev():
+    from asr_distill.results import choose_deployable
+    rows = [{"name": "ensemble-arithmetic", "kind": "ensemble", "params": 4000, "dev_wer": 6.0, "wer": 1.0},
+            {"name": "ensemble-geometric", "kind": "ensemble", "params": 4000, "dev_wer": 6.4, "wer": 0.5},
+            {"name": "student", "kind": "student", "params": 1000, "dev_wer": 6.2, "wer": 9.0},
+            {"name": "student-h128", "kind": "student", "params": 250, "dev_wer": 6.5, "wer": 3.0},
+            {"name": "student-h64", "kind": "student", "params": 60, "dev_wer": 7.5, "wer": 2.0},
+            {"name": "baseline", "kind": "baseline", "params": 10, "dev_wer": 5.0, "wer": 2.0}]
+    pick = choose_deployable({"systems": rows}, margin=0.5)
+    # within 0.5 of the best ensemble's dev WER (6.0): student and student-h128; the smaller one; test never read
+    assert (pick["system"], pick["ensemble"], pick["params_vs_ensemble"]) == ("student-h128", "ensemble-arithmetic",
+                                                                              0.0625)
+    assert pick["within_margin"]
+    # nothing close enough: the best student on dev, flagged
+    pick = choose_deployable({"systems": rows}, margin=0.1)
+    assert (pick["system"], pick["within_margin"]) == ("student", False)
+    with pytest.raises(ValueError, match="stage 6"):
+        choose_deployable({"systems": rows[:2]})
+
+
+def test_export_auto_without_students_names_the_stage(tmp_path):
+    cmd = _asr_distill() + ["export", "--exp-dir", str(tmp_path), "--system", "auto", "--out-dir",
+                            str(tmp_path / "out")]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "stage 6" in proc.stderr and "Traceback" not in proc.stderr

@@ -35,7 +35,7 @@ from ..recipe import (stage_distill, stage_evaluate, stage_features, stage_gmm, 
                       stage_prepare, stage_teachers)
 from ..gmm.align import AlignmentError
 from ..gmm.system import GMM_SYSTEMS, check_gmm_systems
-from ..results import format_table, load_results
+from ..results import DEPLOY_MARGIN, choose_deployable, format_table, load_results
 from ..utils import setup_logging
 
 log = logging.getLogger("asr_distill")
@@ -370,8 +370,11 @@ def results(exp_dir):
 
 @cli.command()
 @click.option("--exp-dir", required=True, type=click.Path(exists=True, file_okay=False), help="experiment directory")
-@click.option("--system", required=True, help="system to export: teacher<k> (EXP/teachers) or a stage-6 name "
-                                               "such as student (EXP/distill)")
+@click.option("--system", required=True, help="system to export: teacher<k> (EXP/teachers), a stage-6 name such as "
+                                               "student (EXP/distill), or auto: the smallest student whose dev WER "
+                                               "is within --margin of the best ensemble's")
+@click.option("--margin", type=click.FloatRange(min=0), default=DEPLOY_MARGIN, show_default=True,
+              help="with --system auto: dev WER points a student may be above the best ensemble")
 @click.option("--out-dir", required=True, type=click.Path(file_okay=False), help="model directory to write")
 @click.option("--cmvn", type=click.Choice(["sliding", "global", "utterance"]), default="sliding", show_default=True,
               help="normalisation inside the graph: a sliding 600-frame mean with the training std (Kaldi's "
@@ -383,15 +386,20 @@ def results(exp_dir):
 @click.option("--right-context", type=int, default=None)
 @click.option("--measure/--no-measure", default=True, show_default=True,
               help="decode the experiment's dev and test sets with the exported model; WERs go into the model card")
-def export(exp_dir, system, out_dir, cmvn, no_int8, left_context, right_context, measure):
+def export(exp_dir, system, margin, out_dir, cmvn, no_int8, left_context, right_context, measure):
     """Export a system as a self-contained model directory (TorchScript + ONNX + int8 ONNX, HCLG, model card)."""
+    extra = None
     try:
+        if system == "auto":
+            extra = {"deployment_choice": choose_deployable(load_results(exp_dir), margin)}
+            system = extra["deployment_choice"]["system"]
+            click.echo(f"export: chose {system} ({json.dumps(extra['deployment_choice'])})", err=True)
         ckpt = Experiment(exp_dir).system_checkpoint(system)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e))
     try:
         card = export_model(exp_dir, ckpt, out_dir, system=system, cmvn=cmvn, int8=not no_int8, left=left_context,
-                            right=right_context)
+                            right=right_context, extra_card=extra)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise click.ClickException(str(e))
     if measure:

@@ -115,6 +115,6 @@ if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   asr-distill results --exp-dir "$exp_dir"
 fi
 if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
-  log "stage 8: export the student (TorchScript + ONNX + int8) to $exp_dir/export/student"
-  asr-distill export --exp-dir "$exp_dir" --system student --out-dir "$exp_dir/export/student"
+  log "stage 8: export the smallest student within 0.5 dev WER points of the ensemble (TorchScript + ONNX + int8) to $exp_dir/export/student"
+  asr-distill export --exp-dir "$exp_dir" --system auto --out-dir "$exp_dir/export/student"
 fi
