@@ -73,6 +73,16 @@ def _decode_one(item: Tuple[str, np.ndarray]) -> Tuple[str, List[int]]:
     return utt, _worker["backend"].decode(loglikes)
 
 
+# Inputs a forked pool reads instead of receiving them pickled: a dev set's log-likelihood matrices are hundreds of
+# MB to GB (frames x pdfs), and pickling them to the workers for every decode of a tuning grid cost more than the
+# decoding itself.  Set just before the pool forks, cleared after.
+_fork_inputs: Dict[str, np.ndarray] = {}
+
+
+def _decode_forked(utt: str) -> Tuple[str, List[int]]:
+    return utt, _worker["backend"].decode(_fork_inputs[utt])
+
+
 def decode_loglikes(hclg_path: Pathlike, tid2pdf: np.ndarray, loglikes: Mapping[str, np.ndarray],
                     config: DecodingConfig, jobs: int = 1, progress: bool = False) -> Dict[str, List[int]]:
     """Decode every utterance of ``loglikes`` (utt -> (frames, num_pdfs)); returns utt -> word ids.
@@ -86,7 +96,23 @@ def decode_loglikes(hclg_path: Pathlike, tid2pdf: np.ndarray, loglikes: Mapping[
     if jobs <= 1 or len(items) < 8:
         _init_worker(str(hclg_path), config, tid2pdf)
         return dict(bar(map(_decode_one, items)))
-    ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
-                             initargs=(str(hclg_path), config, tid2pdf)) as pool:
-        return dict(bar(pool.map(_decode_one, items, chunksize=max(1, len(items) // (8 * jobs)))))
+    return run_pool(_init_worker, (str(hclg_path), config, tid2pdf), _decode_one, _decode_forked, loglikes, jobs, bar)
+
+
+def run_pool(init, initargs, by_item, by_id, inputs: Mapping[str, np.ndarray], jobs: int, bar=lambda it: it) -> dict:
+    """``dict(map(by_item, inputs.items()))`` in ``jobs`` worker processes set up by ``init(*initargs)``.  Where
+    processes fork, the workers read ``inputs`` from the parent's memory (``by_id`` gets the key) instead of
+    receiving each array pickled."""
+    ids = list(inputs)
+    chunksize = max(1, len(ids) // (8 * jobs))
+    if os.name == "posix":
+        _fork_inputs.clear()
+        _fork_inputs.update(inputs)
+        try:
+            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork"), initializer=init,
+                                     initargs=initargs) as pool:
+                return dict(bar(pool.map(by_id, ids, chunksize=chunksize)))
+        finally:
+            _fork_inputs.clear()
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=init, initargs=initargs) as pool:
+        return dict(bar(pool.map(by_item, list(inputs.items()), chunksize=chunksize)))

@@ -10,10 +10,7 @@ together: one pass over the lattice's states in topological levels, vectorised o
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Sequence, Tuple
 
@@ -23,7 +20,7 @@ import numpy as np
 import torch
 
 from ..utils import Pathlike
-from .backend import DecodingConfig, decode_loglikes
+from .backend import DecodingConfig, _fork_inputs, decode_loglikes, run_pool
 from .scoring import compute_wer, words_of
 
 __all__ = ["WordLattice", "LatticeConfig", "lattice_of", "grid_best_paths", "decode_lattices",
@@ -175,6 +172,10 @@ def _init_worker(hclg_path: str, tid2pdf: np.ndarray, decode_scale: float, confi
                    columns=np.asarray(tid2pdf, dtype=np.int64)[1:], scale=decode_scale)
 
 
+def _lattice_forked(utt: str) -> Tuple[str, WordLattice]:
+    return _lattice_one((utt, _fork_inputs[utt]))
+
+
 def _lattice_one(item: Tuple[str, np.ndarray]) -> Tuple[str, WordLattice]:
     utt, loglikes = item
     scores = np.ascontiguousarray(loglikes[:, _worker["columns"]], dtype=np.float32) * np.float32(_worker["scale"])
@@ -195,10 +196,8 @@ def decode_lattices(hclg_path: Pathlike, tid2pdf: np.ndarray, loglikes: Mapping[
     if jobs <= 1 or len(items) < 8:
         _init_worker(str(hclg_path), tid2pdf, decode_scale, config)
         return dict(map(_lattice_one, items))
-    ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
-                             initargs=(str(hclg_path), tid2pdf, decode_scale, config)) as pool:
-        return dict(pool.map(_lattice_one, items, chunksize=max(1, len(items) // (8 * jobs))))
+    return run_pool(_init_worker, (str(hclg_path), tid2pdf, decode_scale, config), _lattice_one, _lattice_forked,
+                    loglikes, jobs)
 
 
 def tune_by_rescoring(hclg_path: Pathlike, tid2pdf: np.ndarray, dev_loglikes: Mapping[str, np.ndarray],
