@@ -199,6 +199,13 @@ def _gmm_systems(ctx, param, value: str):
         raise click.BadParameter(str(e))
 
 
+_dev_tuning_option = click.option(
+    "--dev-tuning", type=click.Choice(TUNERS), default="search", show_default=True,
+    help="how the dev acoustic-scale x word-penalty grid is searched: search (a descent, a handful of decodes), "
+         "lattice (one lattice decode rescored, the best few decoded; fast on small graphs and sharp models), grid "
+         "(every point)")
+
+
 def _score_systems(ctx, param, value: str):
     if value == "all":
         return None
@@ -229,9 +236,7 @@ def _score_systems(ctx, param, value: str):
 @click.option("--score-systems", default="all", show_default=True, callback=_score_systems,
               help="comma-separated systems to decode and score (the others only train and align, as the chain "
                    "needs; a SAT system's first pass then decodes at Kaldi's 0.0833 scale)")
-@click.option("--dev-tuning", type=click.Choice(TUNERS), default="search", show_default=True,
-              help="how the dev acoustic-scale x word-penalty grid is searched: search (a descent, a handful of "
-                   "decodes), lattice (one lattice decode rescored; fast on small graphs), grid (every point)")
+@_dev_tuning_option
 @click.option("--jobs", default=2, show_default=True, help="decoding processes")
 @stage_command("gmm")
 def gmm(exp, systems, num_iters, total_gauss, num_leaves, tri_gauss, tree_min_gain, mono_subset, max_align_failures,
@@ -310,10 +315,11 @@ def train_teachers(exp, num_teachers, archs, left_context, right_context, hidden
 @click.option("--jobs", default=2, show_default=True, help="decoding processes")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @_frames_option
+@_dev_tuning_option
 @stage_command("evaluate")
-def evaluate(exp, jobs, device, frames):
+def evaluate(exp, jobs, device, frames, dev_tuning):
     """Stage 5: decode and score each teacher and the ensemble (arithmetic and geometric means)."""
-    return stage_evaluate(exp, jobs, device, frames=frames)
+    return stage_evaluate(exp, jobs, device, frames=frames, scorer_options={"tuning": dev_tuning})
 
 
 @cli.command()

@@ -15,6 +15,7 @@
 #   --exp-dir DIR  --stage N  --stop-stage N  --jobs N  --force
 #   --num-teachers K  --device cpu|cuda  --nproc N (torchrun data-parallel ranks for stages 4 and 6)
 #   --frames auto|resident|stream   stages 4-6's frame path (stream: memory does not grow with the corpus)
+#   --dev-tuning search|lattice|grid   how stages 3 and 5 choose the acoustic scale and word penalty on dev
 #   --gmm-args "..."  --teacher-args "..."  --distill-args "..."   extra options for `asr-distill gmm` /
 #                        `train-teachers` / `distill`
 #
@@ -29,6 +30,7 @@ jobs=${jobs:-2}
 device=${device:-cpu}
 nproc=${nproc:-1}
 frames=${frames:-auto}
+dev_tuning=${dev_tuning:-search}
 force=
 prepare_args=(${extra_prepare_args:-})
 lang_args=(${extra_lang_args:-})
@@ -47,6 +49,7 @@ while [ $# -gt 0 ]; do
     --download) prepare_args+=(--download); shift;;
     --lexicon) lexicon=$2; shift 2;;
     --lm|--lm-text|--lm-order) lang_args+=("$1" "$2"); shift 2;;
+    --dev-tuning) dev_tuning=$2; shift 2;;
     --exp-dir) exp_dir=$2; shift 2;;
     --stage) stage=$2; shift 2;;
     --stop-stage) stop_stage=$2; shift 2;;
@@ -96,7 +99,7 @@ if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
 fi
 if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
   log "stage 3: GMM-HMM chain (senones from tied-state triphone trees), alignments, GMM decodes"
-  asr-distill gmm "${common[@]}" --jobs $jobs ${gmm_args:-}
+  asr-distill gmm "${common[@]}" --jobs $jobs --dev-tuning $dev_tuning ${gmm_args:-}
 fi
 if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
   log "stage 4: $num_teachers DNN teachers"
@@ -104,7 +107,7 @@ if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
 fi
 if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
   log "stage 5: evaluate teachers and their ensemble"
-  asr-distill evaluate "${common[@]}" --jobs $jobs --device $device --frames $frames
+  asr-distill evaluate "${common[@]}" --jobs $jobs --device $device --frames $frames --dev-tuning $dev_tuning
 fi
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   log "stage 6: distillation (baseline + student)"
