@@ -3,7 +3,7 @@
 
     python tools/decode_timing.py   # exp/minilibri, tri3, the scale and penalty stage 3 chose
 """
-import sys, time, json
+import time
 from asr_distill.experiment import Experiment
 from asr_distill.recipe.gmm_stage import system_features
 from asr_distill.gmm.system import GmmSystem
