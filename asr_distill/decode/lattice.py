@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from ..utils import Pathlike
-from .backend import DecodingConfig, _fork_inputs, decode_loglikes, run_pool
+from .backend import DecodingConfig, _fork_inputs, run_pool
 from .scoring import compute_wer, words_of
+from .tuning import as_table, dev_wer, grid_rank
 
 __all__ = ["WordLattice", "LatticeConfig", "lattice_of", "grid_best_paths", "decode_lattices",
            "tune_by_rescoring"]
@@ -223,16 +224,13 @@ def tune_by_rescoring(hclg_path: Pathlike, tid2pdf: np.ndarray, dev_loglikes: Ma
             hyps[g][utt] = words_of(ids, id2word)
     wers = {k: compute_wer(dev_refs, hyps[g], bootstrap_replications=0).wer for g, k in enumerate(grid)}
     t2 = time.time()
-    rank = lambda k: (round(wers[k], 6), -k[0], k[1])  # noqa: E731  (ties: larger scale, smaller penalty)
+    rank = grid_rank(wers)
     verified = sorted(wers, key=rank)[:max(1, verify)]
     for scale, penalty in verified:
-        ids = decode_loglikes(hclg_path, tid2pdf, dev_loglikes, config.with_(acoustic_scale=scale,
-                                                                             word_penalty=penalty), jobs)
-        wers[(scale, penalty)] = compute_wer(dev_refs, {u: words_of(h, id2word) for u, h in ids.items()},
-                                             bootstrap_replications=0).wer
+        wers[(scale, penalty)] = dev_wer(hclg_path, tid2pdf, dev_loglikes, dev_refs, id2word,
+                                         config.with_(acoustic_scale=scale, word_penalty=penalty), jobs)
     scale, penalty = min(verified, key=rank)
     log.info("  dev: lattices at scale %.4f (%.0f s), %d-point grid rescored (%.0f s), best %d decoded (%.0f s): "
              "acoustic scale %.4f, word penalty %.2f: WER %.2f%%", decode_scale, t1 - t0, len(grid), t2 - t1,
              len(verified), time.time() - t2, scale, penalty, wers[(scale, penalty)])
-    best = config.with_(acoustic_scale=scale, word_penalty=penalty)
-    return best, {f"{k[0]:g}/{k[1]:g}": v for k, v in wers.items()}
+    return config.with_(acoustic_scale=scale, word_penalty=penalty), as_table(wers)

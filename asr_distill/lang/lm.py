@@ -207,10 +207,6 @@ class ArpaLm:
                     backoff[g] = float(parts[k + 1]) * math.log(10)
         return cls(prob, backoff, order)
 
-    @property
-    def vocabulary(self) -> set:
-        return {g[0] for g in self.prob if len(g) == 1} - {BOS, EOS, "<unk>", "<UNK>"}
-
     def logprob(self, word: str, history: Sequence[str] = ()) -> float:
         hist = tuple(history)[-(self.order - 1):] if self.order > 1 else ()
         weight = 0.0
@@ -243,8 +239,11 @@ class ArpaLm:
 
 def read_sentences(path: Pathlike) -> List[List[str]]:
     """One sentence per line of a text file (plain or gzipped), words split on any whitespace; empty lines skipped."""
-    with _open_text(path) as f:
-        return [line.split() for line in f if line.strip()]
+    try:
+        with _open_text(path) as f:
+            return [line.split() for line in f if line.strip()]
+    except (UnicodeDecodeError, OSError, EOFError) as e:
+        raise LexiconError(f"{path}: cannot read it as UTF-8 LM text ({e})") from None
 
 
 def make_g(arpa_path: Pathlike, words_txt: Pathlike):
