@@ -331,12 +331,14 @@ def evaluate(exp, jobs, device, frames, dev_tuning):
               help="teachers on the fly, top-k soft targets cached on disk, or both (compared)")
 @click.option("--topk", default=16, show_default=True)
 @click.option("--experiments", default="table1", show_default=True,
-              help="comma-separated: select, table1, table5, sweep, compression (select runs first and sets T, "
-                   "alpha and the student recipe of the others, on DEV frame accuracy)")
+              help="comma-separated: select, table1, table5, sweep, compression, streaming (select runs first and "
+                   "sets T, alpha and the student recipe of the others, on DEV frame accuracy)")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="table 1: seeds of the baseline and of the student each (mean, spread and per-seed values)")
 @click.option("--student-epochs", type=int, default=None,
               help="epochs of table 1's student and baseline [default: the teachers']")
+@click.option("--stream-right", default="2", show_default=True,
+              help="streaming: comma-separated right contexts (frames) of the streaming students")
 @click.option("--noise-std", type=float, default=0.0, show_default=True,
               help="students and baselines: Gaussian noise on the input windows (which the live teachers label) "
                    "[0: the teachers']")
@@ -348,8 +350,9 @@ def evaluate(exp, jobs, device, frames, dev_tuning):
                    "[default: 3 (T, alpha) pairs x 3 recipes]")
 @_train_options(inherit=True)
 @stage_command("distill", distributed=True)
-def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experiments, seeds, student_epochs, noise_std,
-            freq_mask, select_candidates, device, frames, epochs, batch_size, lr, weight_decay, patience):
+def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experiments, seeds, student_epochs,
+            stream_right, noise_std, freq_mask, select_candidates, device, frames, epochs, batch_size, lr,
+            weight_decay, patience):
     """Stage 6: hard-label baseline and distilled student(s), same recipe and seeds; optional paper experiments."""
     names = [e.strip() for e in experiments.split(",") if e.strip()]
     try:
@@ -360,10 +363,17 @@ def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experimen
         candidates = parse_select_candidates(select_candidates) if select_candidates else None
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--select-candidates") from None
+    try:
+        rights = [int(r) for r in stream_right.split(",") if r.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{stream_right!r}: expected comma-separated frame counts",
+                                 param_hint="--stream-right") from None
+    if not rights or min(rights) < 0:
+        raise click.BadParameter(f"{stream_right!r}: expected frame counts >= 0", param_hint="--stream-right")
     out = stage_distill(exp, device, jobs, temperature, alpha, mean, teacher_source, topk, names,
                         _train_config(epochs, batch_size, lr, weight_decay, patience),
                         recipe_overrides(student_epochs, noise_std, freq_mask), candidates, frames=frames,
-                        seeds=seeds)
+                        seeds=seeds, stream_right=rights)
     return {"experiments": list(out)}
 
 
@@ -382,9 +392,11 @@ def results(exp_dir):
 @click.option("--margin", type=click.FloatRange(min=0), default=DEPLOY_MARGIN, show_default=True,
               help="with --system auto: dev WER points a student may be above the best ensemble")
 @click.option("--out-dir", required=True, type=click.Path(file_okay=False), help="model directory to write")
-@click.option("--cmvn", type=click.Choice(["sliding", "global", "utterance"]), default="sliding", show_default=True,
-              help="normalisation inside the graph: a sliding 600-frame mean with the training std (Kaldi's "
-                   "apply-cmvn-sliding; does not depend on the input level), training-set global stats, or the "
+@click.option("--cmvn", type=click.Choice(["sliding", "online", "global", "utterance"]), default="sliding",
+              show_default=True,
+              help="normalisation inside the graph: a centred sliding 600-frame mean with the training std (Kaldi's "
+                   "apply-cmvn-sliding; does not depend on the input level), its causal form for streaming "
+                   "(online: the last 600 frames, global mean at the start), training-set global stats, or the "
                    "utterance's own")
 @click.option("--no-int8", is_flag=True, help="skip the int8 (dynamically quantised) ONNX model")
 @click.option("--left-context", type=int, default=None,
@@ -421,14 +433,22 @@ def export(exp_dir, system, margin, out_dir, cmvn, no_int8, left_context, right_
 @click.option("--num-threads", default=1, show_default=True)
 @click.option("--max-duration", type=click.FloatRange(min=0, min_open=True), default=None,
               help="refuse (naming them) recordings longer than this many seconds  [default: no limit]")
+@click.option("--stream", is_flag=True,
+              help="streaming recognition: each file fed in chunks as if live; AUDIO '-' reads standard input "
+                   "(WAV or raw 16-bit 16 kHz mono) as it arrives; needs an export with --cmvn online or global")
+@click.option("--chunk-ms", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True,
+              help="with --stream: the chunk length")
+@click.option("--partial", is_flag=True, help="with --stream: partial hypotheses on stderr")
 @click.argument("audio", nargs=-1, required=True)
-def transcribe(model_dir, int8, backend, num_threads, max_duration, audio):
+def transcribe(model_dir, int8, backend, num_threads, max_duration, stream, chunk_ms, partial, audio):
     """Print 'utt-id<TAB>words' for each AUDIO file (any rate; wav/flac/sph); exit 1 if any file failed.  Long
     recordings are read, run and decoded piece by piece: memory does not grow with their length."""
-    args = ["--model-dir", model_dir, "--backend", backend, "--num-threads", str(num_threads)]
+    args = ["--model-dir", model_dir, "--backend", backend, "--num-threads", str(num_threads),
+            "--chunk-ms", str(chunk_ms)]
     if max_duration is not None:
         args += ["--max-duration", str(max_duration)]
-    sys.exit(transcribe_main(args + (["--int8"] if int8 else []) + ["--"] + list(audio)))
+    flags = (["--int8"] if int8 else []) + (["--stream"] if stream else []) + (["--partial"] if partial else [])
+    sys.exit(transcribe_main(args + flags + ["--"] + list(audio)))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ class HclgDecoder:
         self.columns = np.asarray(tid2pdf, dtype=np.int64)[1:]
         opts = kaldi_decoder.FasterDecoderOptions(beam=beam, max_active=max_active, min_active=min_active)
         self.decoder = kaldi_decoder.FasterDecoder(self.hclg, opts)
+        self.frames_decoded = 0
 
     @classmethod
     def from_settings(cls, hclg, tid2pdf: np.ndarray, settings: Dict) -> "HclgDecoder":
@@ -49,22 +50,42 @@ class HclgDecoder:
 
     def decode(self, loglikes: np.ndarray) -> List[int]:
         self.decoder.decode(kaldi_decoder.DecodableCtc(self._scores(loglikes)))
-        return self._best_words()
+        self.frames_decoded = len(loglikes)
+        return self.best_words()
 
     def decode_pieces(self, pieces: Iterable[np.ndarray]) -> List[int]:
         """:meth:`decode` of the frames of consecutive ``pieces`` (each ``(frames, num_pdfs)``), advancing the search
         piece by piece: the same result as one call on their concatenation, with memory bounded by a piece (the
         transition-id scores, the piece's size times the number of transition-ids over the pdfs, never exist for
         the whole recording)."""
-        self.decoder.init_decoding()
-        done = 0
+        self.start()
         for piece in pieces:
-            for a in range(0, len(piece), self.SCORE_FRAMES):
-                scores = self._scores(piece[a:a + self.SCORE_FRAMES])
-                # DecodableCtc(scores, offset): rows are frames offset, offset + 1, ...; the search resumes there
-                self.decoder.advance_decoding(kaldi_decoder.DecodableCtc(scores, done))
-                done += len(scores)
-        return self._best_words() if done else []
+            self.advance(piece)
+        return self.best_words() if self.frames_decoded else []
+
+    def start(self) -> None:
+        """Begin an utterance whose frames :meth:`advance` then gives piece by piece (a stream)."""
+        self.decoder.init_decoding()
+        self.frames_decoded = 0
+
+    def advance(self, loglikes: np.ndarray) -> None:
+        """Extend the search over the utterance's next frames."""
+        for a in range(0, len(loglikes), self.SCORE_FRAMES):
+            scores = self._scores(loglikes[a:a + self.SCORE_FRAMES])
+            # DecodableCtc(scores, offset): rows are frames offset, offset + 1, ...; the search resumes there
+            self.decoder.advance_decoding(kaldi_decoder.DecodableCtc(scores, self.frames_decoded))
+            self.frames_decoded += len(scores)
+
+    def best_words(self, final: bool = True) -> List[int]:
+        """Word ids of the best path so far: ``final`` (the utterance is over) ends it in a final state where one
+        was reached; a partial hypothesis (``final=False``) ends it wherever the best token is."""
+        if not self.frames_decoded:
+            return []
+        ok, best = self.decoder.get_best_path(use_final_probs=final)
+        if not ok:
+            return []
+        ok, _, words, _ = kaldifst.get_linear_symbol_sequence(best)
+        return list(words) if ok else []
 
     # decode_pieces expands this many frames at a time to transition-id scores
     SCORE_FRAMES = 1000
@@ -73,10 +94,3 @@ class HclgDecoder:
         scores = np.ascontiguousarray(loglikes[:, self.columns], dtype=np.float32)
         scores *= np.float32(self.scale)
         return scores
-
-    def _best_words(self) -> List[int]:
-        ok, best = self.decoder.get_best_path()
-        if not ok:
-            return []
-        ok, _, words, _ = kaldifst.get_linear_symbol_sequence(best)
-        return list(words) if ok else []

@@ -12,9 +12,11 @@ The exported graph computes, for ONE utterance::
 
 CMVN.  Training normalised with per-SPEAKER statistics; a deployed model sees one file and no speaker label, so the
 export chooses one of ``sliding`` (default: Kaldi's ``apply-cmvn-sliding --center``, the mean of a centred window of
-``SLIDING_WINDOW`` frames, divided by the training set's std), ``global`` (the training set's global mean / std,
-stored as constants in the graph) or ``utterance`` (mean and variance of the utterance itself, computed inside the
-graph).  A change of input level adds a constant to every log-mel energy (except where the front end's floor holds
+``SLIDING_WINDOW`` frames, divided by the training set's std), ``online`` (causal, for streaming: the mean of the
+last ``SLIDING_WINDOW`` frames up to and including this one, completed to ``ONLINE_PRIOR_FRAMES`` frames by the
+training set's global mean while fewer have been seen, as Kaldi's ``OnlineCmvn`` smooths with global statistics),
+``global`` (the training set's global mean / std, stored as constants in the graph) or ``utterance`` (mean and
+variance of the utterance itself, computed inside the graph).  A change of input level adds a constant to every log-mel energy (except where the front end's floor holds
 it): ``sliding`` and ``utterance`` remove it, ``global`` does not.  ``sliding`` was chosen on AN4's dev WER over
 input levels 0.25x-2x (docs/RESULTS.md, section 8d).  ``global`` was better or
 equal on the slice's DEV set for every system tried (docs/RESULTS.md, section 5).  The choice is written to
@@ -25,6 +27,9 @@ Directory layout (``out_dir``)::
     model.pt           TorchScript module   waveform -> pseudo log-likelihoods
     model.onnx         ONNX graph (opset 17), same function
     model.int8.onnx    ONNX with dynamically quantised int8 weights (``quantize_int8``)
+    frontend.onnx      the front end alone: waveform -> log-mel fbank (un-normalised)        } the streaming path
+    network.onnx       spliced, normalised windows (T, context, 40) -> pseudo log-likelihoods } (transcribe --stream)
+    network.int8.onnx  the same with int8 weights                                           } keeps CMVN state
     HCLG.fst words.txt tid2pdf.txt           decoding graph, word symbols, transition-id -> pdf map
     tree                                     the context-dependency tree (Kaldi binary) that defines the pdfs
     model_card.json    features, context, CMVN mode, decoding settings, pdfs, corpus, WER, sizes
@@ -50,12 +55,14 @@ from ..utils import Pathlike, read_json, write_json
 from .frontend import FbankFrontend
 
 __all__ = ["ExportedAcousticModel", "build_exported_module", "export_model", "quantize_int8", "update_card",
-           "model_context", "sliding_mean", "CMVN_MODES", "SLIDING_WINDOW"]
+           "model_context", "sliding_mean", "online_mean", "CMVN_MODES", "SLIDING_WINDOW", "ONLINE_PRIOR_FRAMES",
+           "NetworkOutput"]
 
 log = logging.getLogger(__name__)
 
-CMVN_MODES = ("utterance", "global", "sliding")
+CMVN_MODES = ("utterance", "global", "sliding", "online")
 SLIDING_WINDOW = 600  # frames: apply-cmvn-sliding's default --cmn-window
+ONLINE_PRIOR_FRAMES = 200  # frames of global mean that complete a short history (OnlineCmvnOptions' global_frames)
 ONNX_OPSET = 17
 
 
@@ -73,6 +80,7 @@ class ExportedAcousticModel(nn.Module):
         self.left, self.right = int(left), int(right)
         self.cmvn = cmvn
         self.cmvn_window = SLIDING_WINDOW
+        self.cmvn_prior_frames = ONLINE_PRIOR_FRAMES
         dim = frontend.mel_banks.shape[1]
         mean = np.zeros(dim, np.float32) if global_mean is None else np.asarray(global_mean, np.float32)
         std = np.ones(dim, np.float32) if global_std is None else np.asarray(global_std, np.float32)
@@ -85,6 +93,9 @@ class ExportedAcousticModel(nn.Module):
         feats = self.frontend(wave)
         if self.cmvn == "sliding":
             return ((feats.to(torch.float64) - sliding_mean(feats, self.cmvn_window)) / self.global_std).to(torch.float32)
+        if self.cmvn == "online":
+            mean = online_mean(feats, self.cmvn_window, self.global_mean, self.cmvn_prior_frames)
+            return ((feats.to(torch.float64) - mean) / self.global_std).to(torch.float32)
         if self.cmvn == "utterance":
             # as asr_distill.data._moments, over this utterance: float64 moments, variance floored at 1e-10
             f64 = feats.to(torch.float64)
@@ -104,6 +115,19 @@ class ExportedAcousticModel(nn.Module):
         return torch.log_softmax(logits, dim=-1) - self.log_priors
 
 
+class NetworkOutput(nn.Module):
+    """The network part of :class:`ExportedAcousticModel`: normalised windows ``(T, context, D)`` -> pseudo
+    log-likelihoods; what the streaming transcriber runs after its own CMVN and splicing."""
+
+    def __init__(self, network: nn.Module, log_priors: torch.Tensor):
+        super().__init__()
+        self.network = network
+        self.register_buffer("log_priors", log_priors.detach().clone())
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.network(windows), dim=-1) - self.log_priors
+
+
 def sliding_mean(feats: torch.Tensor, window: int) -> torch.Tensor:
     """Per frame, the float64 mean of the ``window`` frames centred on it, the window shifted inward at the edges
     (all frames when fewer): Kaldi's sliding CMN with ``--center=true``.  Tensor ops only, so the bounds follow
@@ -117,10 +141,26 @@ def sliding_mean(feats: torch.Tensor, window: int) -> torch.Tensor:
     return (cums[end] - cums[start]) / (end - start).to(torch.float64)[:, None]
 
 
+def online_mean(feats: torch.Tensor, window: int, global_mean: torch.Tensor, prior_frames: int) -> torch.Tensor:
+    """Per frame, the float64 mean of the last ``window`` frames up to and including it, completed by
+    ``prior_frames - n`` frames of ``global_mean`` while only ``n < prior_frames`` frames have been seen: causal
+    (a frame's mean never depends on later frames), so a stream computes it chunk by chunk."""
+    f64 = feats.to(torch.float64)
+    cums = torch.cat([torch.zeros_like(f64[:1]), torch.cumsum(f64, dim=0)], dim=0)
+    end = torch.arange(f64.size(0), dtype=torch.int64) + 1
+    start = torch.clamp(end - window, min=0)
+    count = (end - start).to(torch.float64)[:, None]
+    prior = torch.clamp(prior_frames - count, min=0.0)
+    return (cums[end] - cums[start] + prior * global_mean.to(torch.float64)) / (count + prior)
+
+
 def model_context(exp: Experiment, config: dict, left: Optional[int], right: Optional[int]) -> Tuple[int, int]:
-    """Left/right splicing context: given, else the experiment's stage-4 ``teachers.json`` (the students inherit
-    the teachers' context) when it fits the model's ``context``, else symmetric."""
+    """Left/right splicing context: given, else the model's own split (a streaming student's), else the experiment's
+    stage-4 ``teachers.json`` (the students inherit the teachers' context) when it fits the model's ``context``,
+    else symmetric."""
     ctx = int(config["context"])
+    if left is None and right is None and "left" in config:
+        left, right = int(config["left"]), int(config["right"])
     if left is None and right is None and exp.teachers_meta_path.exists():
         m = exp.teachers_meta()
         if m["left"] + 1 + m["right"] == ctx:
@@ -152,11 +192,24 @@ def build_exported_module(exp_dir: Pathlike, model_ckpt: Pathlike, cmvn: str = "
                                  stats.global_std).eval()
 
 
-def _export_onnx(module: nn.Module, path: Path, example: torch.Tensor) -> None:
+def _export_onnx(module: nn.Module, path: Path, example: torch.Tensor, input_name: str = "waveform",
+                 output_name: str = "loglikes") -> None:
+    axes = {input_name: {0: "num_samples" if input_name == "waveform" else "num_frames"},
+            output_name: {0: "num_frames"}}
     with torch.no_grad():
-        torch.onnx.export(module, (example,), str(path), input_names=["waveform"], output_names=["loglikes"],
-                          dynamic_axes={"waveform": {0: "num_samples"}, "loglikes": {0: "num_frames"}},
-                          opset_version=ONNX_OPSET, dynamo=False, do_constant_folding=False)
+        torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=[output_name],
+                          dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False, do_constant_folding=False)
+
+
+def _export_streaming_parts(module: ExportedAcousticModel, out_dir: Path, example: torch.Tensor, int8: bool) -> None:
+    """frontend.onnx and network.onnx (+ int8): the pieces ``transcribe --stream`` runs around its own CMVN state."""
+    _export_onnx(module.frontend, out_dir / "frontend.onnx", example, output_name="fbank")
+    net = NetworkOutput(module.network, module.log_priors).eval()
+    dim = module.frontend.mel_banks.shape[1]
+    windows = torch.zeros(7, module.left + 1 + module.right, dim)
+    _export_onnx(net, out_dir / "network.onnx", windows, input_name="windows")
+    if int8:
+        quantize_int8(out_dir / "network.onnx", out_dir / "network.int8.onnx")
 
 
 def quantize_int8(onnx_path: Pathlike, out_path: Pathlike) -> Path:
@@ -186,6 +239,9 @@ CMVN_NOTES = {
     "global": "training set's global mean/std stored in the graph (training used per-speaker statistics)",
     "sliding": f"mean of a centred {SLIDING_WINDOW}-frame window (Kaldi's apply-cmvn-sliding) and the training set's "
                "std (training used per-speaker statistics); independent of the input level",
+    "online": f"causal: mean of the last {SLIDING_WINDOW} frames, completed to {ONLINE_PRIOR_FRAMES} frames by the "
+              "training set's global mean at the start (Kaldi's OnlineCmvn), and the training set's std (training "
+              "used per-speaker statistics); streamable",
 }
 
 
@@ -217,7 +273,8 @@ def _model_card(exp: Experiment, module: ExportedAcousticModel, model_ckpt: Path
         "context": {"left": module.left, "right": module.right, "splicing": "edges repeated"},
         "cmvn": cmvn,
         "cmvn_note": CMVN_NOTES[cmvn],
-        **({"cmvn_window": SLIDING_WINDOW} if cmvn == "sliding" else {}),
+        **({"cmvn_window": SLIDING_WINDOW} if cmvn in ("sliding", "online") else {}),
+        **({"cmvn_prior_frames": ONLINE_PRIOR_FRAMES} if cmvn == "online" else {}),
         "model": dict(module.network.config),
         "num_pdfs": int(module.network.config["num_pdfs"]),
         "targets": _targets_info(exp),
@@ -229,7 +286,12 @@ def _model_card(exp: Experiment, module: ExportedAcousticModel, model_ckpt: Path
                      "dev_frame_acc": ckpt_meta.get("dev_acc"), "epoch": ckpt_meta.get("epoch")},
         "wer": {"recipe_test_wer": dec.get("wer"), "recipe_dev_wer": dec.get("dev_wer"), "recipe_cmvn": "speaker"},
         "files": {"torchscript": "model.pt", "onnx": "model.onnx", **({"onnx_int8": "model.int8.onnx"} if int8 else {}),
+                  "frontend": "frontend.onnx", "network": "network.onnx",
+                  **({"network_int8": "network.int8.onnx"} if int8 else {}),
                   "graph": "HCLG.fst", "words": "words.txt", "tid2pdf": "tid2pdf.txt", "tree": "tree"},
+        # what transcribe --stream needs besides the two ONNX parts: the CMVN constants
+        "cmvn_stats": {"global_mean": [float(v) for v in module.global_mean],
+                       "global_std": [float(v) for v in module.global_std]},
         "onnx_opset": ONNX_OPSET,
     }
 
@@ -252,6 +314,7 @@ def export_model(exp_dir: Pathlike, model_ckpt: Pathlike, out_dir: Pathlike, sys
     _export_onnx(module, out_dir / "model.onnx", example)
     if int8:
         quantize_int8(out_dir / "model.onnx", out_dir / "model.int8.onnx")
+    _export_streaming_parts(module, out_dir, example, int8)
     for src in (exp.hclg_path, exp.words_path, exp.tid2pdf_path, exp.inventory_dir / "tree"):
         shutil.copyfile(src, out_dir / src.name)
     card = {**_model_card(exp, module, Path(model_ckpt), system or Path(model_ckpt).parent.name, cmvn, int8),
@@ -259,7 +322,8 @@ def export_model(exp_dir: Pathlike, model_ckpt: Pathlike, out_dir: Pathlike, sys
     if decoding:
         card["decoding"].update({k: v for k, v in decoding.items() if k != "backend"})
         card["decoding"]["source"] = "given to export_model"
-    card["sizes_mb"] = {f: _size_mb(out_dir / f) for f in ("model.pt", "model.onnx", "model.int8.onnx", "HCLG.fst")
+    card["sizes_mb"] = {f: _size_mb(out_dir / f) for f in ("model.pt", "model.onnx", "model.int8.onnx", "network.onnx",
+                                                           "network.int8.onnx", "HCLG.fst")
                         if (out_dir / f).exists()}
     write_json(card, out_dir / "model_card.json")
     log.info("exported %s to %s in %.1f s (%s)", model_ckpt, out_dir, time.time() - t0, card["sizes_mb"])

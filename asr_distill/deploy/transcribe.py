@@ -1,16 +1,22 @@
 """Transcribe audio files with an exported model directory (``asr_distill.export``), without the training code.
 
 Only numpy, soundfile, onnxruntime (or torch for the TorchScript module), kaldi_decoder, kaldifst and the standard
-library are imported (and, of this package, only the light :mod:`asr_distill.fst` and
-:mod:`asr_distill.deploy.decoder`): this module runs wherever those wheels install, with a model directory copied
+library are imported (and, of this package, only the light :mod:`asr_distill.fst`, :mod:`asr_distill.deploy.audio`,
+:mod:`asr_distill.deploy.decoder` and :mod:`asr_distill.deploy.streaming`): this module runs wherever those wheels install, with a model directory copied
 anywhere.
 
     python -m asr_distill.deploy.transcribe --model-dir DIR [--int8] [--backend onnx|torchscript] AUDIO...
     asr-distill transcribe --model-dir DIR [--int8] AUDIO...
+    asr-distill transcribe --model-dir DIR --stream [--chunk-ms 100] [--partial] AUDIO... | -
 
 prints ``utt-id<TAB>words`` per file (utt-id = the file's stem, or its path where two inputs share a stem).  A
 file that cannot be read or decoded is reported
 on stderr with its name; the others are still transcribed and the exit status is 1 at the end.
+
+``--stream`` (:mod:`asr_distill.deploy.streaming`) feeds each file to the recogniser in chunks of ``--chunk-ms`` as
+if it arrived live, or reads ``-`` (standard input: a WAV stream or raw 16-bit 16 kHz mono PCM) as it arrives;
+``--partial`` prints the changing partial hypotheses to stderr (``utt-id<TAB>partial<TAB>words``).  It needs a
+model exported with a causal CMVN (``--cmvn online`` or ``global``).
 
 Audio: any format libsndfile reads (.wav, .flac, .sph, ...), any sample rate (resampled to 16 kHz with a windowed-sinc
 interpolator in numpy), several channels averaged to mono.
@@ -19,117 +25,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 import onnxruntime as ort
-import soundfile as sf
 
 from ..fst import invert_symbols, read_symbols, read_tid2pdf
+from .audio import SAMPLE_RATE, AudioFile, load_audio, pcm_stream, resample
 from .decoder import HclgDecoder, words_of
+from .streaming import StreamingRecognizer, recognize_stream
 
 __all__ = ["load_audio", "resample", "AudioFile", "AcousticModel", "iter_loglikes", "chunked_loglikes", "Transcriber",
-           "transcribe", "main"]
-
-SAMPLE_RATE = 16000
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Audio
-
-def _resample_taps(sr_in: int, sr_out: int, zero_crossings: int) -> Tuple[float, int]:
-    cutoff = 0.97 * min(1.0, sr_out / sr_in)  # in units of the input Nyquist frequency
-    return cutoff, int(math.ceil(zero_crossings / cutoff))
-
-
-def _resample_span(x: np.ndarray, x_start: int, n_in: int, sr_in: int, sr_out: int, m0: int, m1: int,
-                   zero_crossings: int = 16, block: int = 32768) -> np.ndarray:
-    """Output samples ``m0 .. m1 - 1`` of :func:`resample` of a signal of ``n_in`` samples, of which ``x`` holds
-    samples ``x_start ..`` (at least every input sample those outputs' taps reach).  Each output sample is computed
-    from the same taps and samples as in one call on the whole signal, so pieces join exactly."""
-    cutoff, width = _resample_taps(sr_in, sr_out, zero_crossings)
-    taps = np.arange(-width + 1, width + 1)
-    x = np.asarray(x, dtype=np.float64)
-    out = np.empty(max(0, m1 - m0), dtype=np.float64)
-    for start in range(m0, m1, block):
-        m = np.arange(start, min(m1, start + block))
-        t = m * (sr_in / sr_out)  # output sample positions in input samples
-        idx = np.floor(t).astype(np.int64)[:, None] + taps[None, :]
-        d = t[:, None] - idx
-        h = cutoff * np.sinc(cutoff * d) * (0.5 + 0.5 * np.cos(np.pi * np.clip(d / width, -1.0, 1.0)))
-        valid = (idx >= 0) & (idx < n_in)
-        local = np.clip(idx - x_start, 0, max(0, len(x) - 1))
-        out[m - m0] = (np.where(valid, x[local], 0.0) * h).sum(1)
-    return out.astype(np.float32)
-
-
-def resample(x: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE, zero_crossings: int = 16,
-             block: int = 32768) -> np.ndarray:
-    """Band-limited (windowed-sinc, Hann window) resampling of a 1-D signal; low-pass at 0.97 x the lower Nyquist."""
-    if sr_in == sr_out:
-        return np.asarray(x, dtype=np.float32)
-    n_out = int(len(x) * sr_out // sr_in)
-    return _resample_span(x, 0, len(x), sr_in, sr_out, 0, n_out, zero_crossings, block)
-
-
-class AudioFile:
-    """A recording read on demand, mono, at ``sample_rate``: ``len(audio)`` samples, ``audio[a:b]`` reads (and
-    resamples) only what samples ``a .. b - 1`` need, so a long recording is never held whole.  The samples are
-    those :func:`load_audio` returns, piece for piece."""
-
-    def __init__(self, path, sample_rate: int = SAMPLE_RATE, zero_crossings: int = 16):
-        if not Path(path).is_file():
-            raise FileNotFoundError("no such file")
-        self.file = sf.SoundFile(str(path))
-        self.sr_in, self.n_in = self.file.samplerate, self.file.frames
-        if self.n_in <= 0:
-            raise ValueError("audio has no samples")
-        self.sample_rate, self.zero_crossings = sample_rate, zero_crossings
-        self.num_samples = self.n_in if self.sr_in == sample_rate else int(self.n_in * sample_rate // self.sr_in)
-        self._whole: Optional[np.ndarray] = None
-        if not self.file.seekable():  # a stream libsndfile cannot seek in: read once, keep it
-            self._whole = self._read_input(0, self.n_in)
-
-    @property
-    def duration(self) -> float:
-        return self.n_in / self.sr_in
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def _read_input(self, a: int, b: int) -> np.ndarray:
-        if self._whole is not None:
-            return self._whole[a:b]
-        self.file.seek(a)
-        data = self.file.read(b - a, dtype="float32", always_2d=True)
-        return data[:, 0] if data.shape[1] == 1 else data.mean(axis=1)
-
-    def __getitem__(self, piece: slice) -> np.ndarray:
-        a, b, _ = piece.indices(self.num_samples)
-        b = max(a, b)
-        if self.sr_in == self.sample_rate:
-            return np.ascontiguousarray(self._read_input(a, b), dtype=np.float32)
-        _, width = _resample_taps(self.sr_in, self.sample_rate, self.zero_crossings)
-        ratio = self.sr_in / self.sample_rate
-        lo = max(0, int(np.floor(a * ratio)) - width + 1)
-        hi = min(self.n_in, int(np.floor(max(a, b - 1) * ratio)) + width + 1)
-        return _resample_span(self._read_input(lo, hi), lo, self.n_in, self.sr_in, self.sample_rate, a, b,
-                              self.zero_crossings)
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def load_audio(path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """float32 mono in [-1, 1] at ``sample_rate`` (as Lhotse/soundfile read it for training)."""
-    audio = AudioFile(path, sample_rate)
-    try:
-        return audio[0:len(audio)]
-    finally:
-        audio.close()
+           "stream_chunks", "transcribe", "main"]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -249,23 +158,57 @@ class Transcriber:
         return words_of(self.decoder.decode_pieces(self.loglike_pieces(path)), self.id2word)
 
 
+def stream_chunks(path, chunk_samples: int, max_duration: Optional[float] = None,
+                  stdin=None) -> Iterator[np.ndarray]:
+    """A file's audio in pieces of ``chunk_samples`` (16 kHz mono), read as they are needed; ``-``: standard
+    input (:func:`asr_distill.deploy.audio.pcm_stream`), as it arrives."""
+    if str(path) == "-":
+        yield from pcm_stream(stdin if stdin is not None else sys.stdin.buffer, chunk_samples)
+        return
+    audio = AudioFile(path, SAMPLE_RATE)
+    try:
+        if max_duration is not None and audio.duration > max_duration:
+            raise ValueError(f"{audio.duration:.1f} s of audio is longer than --max-duration {max_duration:g} s")
+        for a in range(0, len(audio), chunk_samples):
+            yield audio[a:a + chunk_samples]
+    finally:
+        audio.close()
+
+
 def transcribe(model_dir, audio_paths: Sequence, use_int8: bool = False, backend: str = "onnx",
                out: Optional[TextIO] = None, err: Optional[TextIO] = None,
-               num_threads: int = 1, max_duration: Optional[float] = None
+               num_threads: int = 1, max_duration: Optional[float] = None, stream: bool = False,
+               chunk_ms: float = 100.0, partial: bool = False
                ) -> Tuple[Dict[str, List[str]], List[Tuple[str, str]]]:
-    """Transcribe each file, printing ``utt-id<TAB>words`` to ``out`` (stdout) as it goes.
+    """Transcribe each file, printing ``utt-id<TAB>words`` to ``out`` (stdout) as it goes; ``stream``: through
+    the :class:`~asr_distill.deploy.streaming.StreamingRecognizer` in chunks of ``chunk_ms``, with the partial
+    hypotheses on ``err`` when ``partial``.
 
     Returns (utt-id -> words for the files that worked, [(path, error message)] for those that did not); every
     failure is also reported on ``err`` (stderr) naming the file."""
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
-    tr = Transcriber(model_dir, use_int8, backend, num_threads, max_duration)
+    if stream:
+        if backend != "onnx":
+            raise ValueError("--stream runs the ONNX parts (frontend.onnx, network.onnx): use the onnx backend")
+        rec = StreamingRecognizer(model_dir, use_int8, num_threads)
+        chunk = max(1, int(round(chunk_ms * SAMPLE_RATE / 1000)))
+    else:
+        tr = Transcriber(model_dir, use_int8, backend, num_threads, max_duration)
     hyps: Dict[str, List[str]] = {}
     failed: List[Tuple[str, str]] = []
-    stems = [Path(p).stem for p in audio_paths]
+    stems = ["stdin" if str(p) == "-" else Path(p).stem for p in audio_paths]
     for path, stem in zip(audio_paths, stems):
         try:
-            words = tr(path)
+            if stream:
+                def show(words, stem=stem):
+                    print(f"{stem}\tpartial\t{' '.join(words)}", file=err, flush=True)
+
+                words = recognize_stream(rec, stream_chunks(path, chunk, max_duration), show if partial else None)
+            else:
+                if str(path) == "-":
+                    raise ValueError("standard input is read with --stream only")
+                words = tr(path)
         except Exception as e:  # unreadable / corrupt / empty audio: report it, go on with the next file
             msg = f"{type(e).__name__}: {str(e).strip()}"
             print(f"transcribe: error: {path}: {msg}", file=err, flush=True)
@@ -285,13 +228,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--num-threads", type=int, default=1)
     p.add_argument("--max-duration", type=float, default=None,
                    help="refuse (naming them) recordings longer than this many seconds [default: no limit]")
+    p.add_argument("--stream", action="store_true",
+                   help="streaming recognition: audio fed in chunks (AUDIO '-': standard input, as it arrives)")
+    p.add_argument("--chunk-ms", type=float, default=100.0, help="with --stream: chunk length [default: 100]")
+    p.add_argument("--partial", action="store_true",
+                   help="with --stream: print partial hypotheses to stderr as 'utt-id<TAB>partial<TAB>words'")
     p.add_argument("audio", nargs="+")
     a = p.parse_args(argv)
     if a.max_duration is not None and a.max_duration <= 0:
         p.error("--max-duration must be positive")
+    if a.chunk_ms <= 0:
+        p.error("--chunk-ms must be positive")
+    if (a.partial or "-" in a.audio) and not a.stream:
+        p.error("--partial and '-' (standard input) need --stream")
     try:
         _, failed = transcribe(a.model_dir, a.audio, a.int8, a.backend, num_threads=a.num_threads,
-                               max_duration=a.max_duration)
+                               max_duration=a.max_duration, stream=a.stream, chunk_ms=a.chunk_ms,
+                               partial=a.partial)
     except (FileNotFoundError, ValueError) as e:
         print(f"transcribe: error: {e}", file=sys.stderr)
         return 2

@@ -11,6 +11,10 @@
 * ``sweep``: T in {1, 2, 5, 10} x alpha in {0, 0.5, 0.9}, test and dev frame accuracy, and a plot.
 * ``compression``: distilled students with 1, 1/4 and 1/16 of a teacher's parameters, each against a hard-label
   baseline of its size trained with the same recipe; WER against parameters.
+* ``streaming``: students for streaming, with the teachers' left context but only ``stream_right`` frames of right
+  context (the teachers label their full windows; the student sees its part of them), each against a hard-label
+  baseline of the same context and recipe.  ``asr-distill export --cmvn online`` then gives them causal
+  normalisation and ``transcribe --stream`` runs them on audio arriving in chunks.
 
 Each function takes the :class:`~asr_distill.distill.runner.DistillRunner` and the call's
 :class:`DistillSettings`, writes its table into ``results.json`` (rank 0) and returns it.
@@ -46,6 +50,7 @@ class DistillSettings:
     topk: int = 16
     select_candidates: Optional[Sequence[Tuple[float, float, dict]]] = None
     seeds: int = 3  # table 1: baseline and student each trained with this many seeds (100, 101, ...)
+    stream_right: Sequence[int] = (2,)  # streaming: the students' right contexts (frames)
 
 
 def run_select(run: DistillRunner, s: DistillSettings) -> dict:
@@ -192,10 +197,31 @@ def run_compression(run: DistillRunner, s: DistillSettings) -> list:
     return rows
 
 
+def run_streaming(run: DistillRunner, s: DistillSettings) -> list:
+    rows = []
+    for right in s.stream_right:
+        if not 0 <= right <= run.right:
+            raise ValueError(f"streaming right context {right}: must be 0 .. the teachers' {run.right}")
+        cfg = {**run.teacher_config, "context": run.left + 1 + right, "left": run.left, "right": right}
+        if cfg["arch"] != "mlp":
+            raise ValueError(f"streaming students are MLPs; the teachers are {cfg['arch']}")
+        extra = {"left_context": run.left, "right_context": right, **{k: v for k, v in s.recipe.items() if v}}
+        m, _ = run.train(f"student-stream-r{right}", cfg, T=s.T, alpha=s.alpha, **s.recipe)
+        row = run.decode(f"student-stream-r{right}", "student", m, {"T": s.T, "alpha": s.alpha, **extra})
+        b, _ = run.train(f"baseline-stream-r{right}", cfg, **s.recipe)
+        brow = run.decode(f"baseline-stream-r{right}", "baseline", b, extra)
+        rows.append({"right_context": right, "left_context": run.left, "params": row["params"],
+                     **{f"student_{k}": row[k] for k in ("frame_acc", "dev_frame_acc", "wer", "dev_wer")},
+                     **{f"baseline_{k}": brow[k] for k in ("frame_acc", "dev_frame_acc", "wer", "dev_wer")}})
+        if run.main:
+            update_experiment(run.exp.dir, "streaming", rows)
+    return rows
+
+
 # In the order they run: select first, so that its choice reaches the others.
 EXPERIMENTS: Dict[str, Callable[[DistillRunner, DistillSettings], object]] = {
     "select": run_select, "table1": run_table1, "table5": run_table5, "sweep": run_sweep,
-    "compression": run_compression}
+    "compression": run_compression, "streaming": run_streaming}
 
 
 def check_experiments(names: Sequence[str]) -> None:

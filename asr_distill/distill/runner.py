@@ -21,7 +21,7 @@ from ..nnet.checkpoint import load_model
 from ..nnet.frame_data import load_topk_targets
 from ..nnet.frames import FrameSet
 from ..nnet.inference import frame_accuracy, log_posteriors
-from ..nnet.models import build_model, count_parameters
+from ..nnet.models import build_model, count_parameters, fit_windows
 from ..nnet.step import CrossEntropyLoss
 from ..nnet.stream import open_frames
 from ..nnet.train import TrainConfig, train_model
@@ -71,7 +71,7 @@ class DistillRunner:
         ``cache`` returned by :meth:`topk_cache`; returns (its best model, the training summary)."""
         out = self.exp.system_dir(name)
         torch.manual_seed(seed)
-        model = build_model(config)
+        model = fit_windows(build_model(config), self.left, self.right)  # a student of narrower context
         cfg = TrainConfig(**{**self.train_config, "seed": seed, **train_overrides})
         train = self.frames["train"]
         if alpha == 0:  # hard labels: the baselines, the hard-label controls
@@ -84,7 +84,8 @@ class DistillRunner:
             loss = DistillationLoss(cache=targets if resident else None, streamed_targets=not resident, T=T,
                                     alpha=alpha, mean=self.mean)
         summary = train_model(model, train, self.frames["dev"], cfg, out, loss=loss)
-        return (load_model(out / "best.pt", self.device) if self.main else model), summary
+        best = fit_windows(load_model(out / "best.pt", self.device), self.left, self.right) if self.main else model
+        return best, summary
 
     def topk_cache(self, T: float, k: int) -> Tuple[Tuple, dict]:
         """The training frames with their top-k soft targets, stored once as fields of the training cuts
