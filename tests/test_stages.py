@@ -57,8 +57,9 @@ def test_stages_4_to_6_through_the_library(exp, tmp_path, frames):
     # resident: 2 seeds of a baseline and a live-teacher student; stream: 1 seed, the top-k cache's student (the
     # yesno recipe test runs both sources on the resident path)
     seeds, sources = (2, "live") if frames == "resident" else (1, "cache")
-    # resident: also a streaming student (1 frame of right context, the teachers have 2) and its baseline
-    experiments = ["table1", "streaming"] if frames == "resident" else ["table1"]
+    # resident: also the small student to deploy, and a streaming student (1 frame of right context, the teachers
+    # have 2) with its baseline
+    experiments = ["table1", "small", "streaming"] if frames == "resident" else ["table1"]
     out = stage_distill(work, jobs=1, T=2.0, alpha=0.5, teacher_source=sources, experiments=experiments,
                         train_config={"epochs": 2}, frames=frames, scorer_options=GRID, seeds=seeds,
                         stream_right=(1,))
@@ -71,6 +72,10 @@ def test_stages_4_to_6_through_the_library(exp, tmp_path, frames):
         stream_rows = {r["name"]: r for r in json.loads(work.results_path.read_text())["systems"]}
         assert stream_row["student_wer"] == stream_rows["student-stream-r1"]["wer"]
         assert stream_row["baseline_frame_acc"] == stream_rows["baseline-stream-r1"]["frame_acc"]
+        small = out["small"]
+        assert small["params"] < rows["teacher0"]["params"] / 2 and stream_rows[small["name"]]["kind"] == "student"
+        assert json.loads((work.system_dir(small["name"]) / "config.json").read_text())["model"]["hidden_dim"] == \
+            small["hidden_dim"] < TEACHERS["hidden_dim"]
     table = out["table1"]
     rows = {r["name"]: r for r in json.loads(work.results_path.read_text())["systems"]}
     names = {"live": "student"} if sources == "live" else {"cache": "student-top16"}

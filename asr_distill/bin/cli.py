@@ -330,9 +330,12 @@ def evaluate(exp, jobs, device, frames, dev_tuning):
 @click.option("--teacher-source", type=click.Choice(["live", "cache", "both"]), default="live", show_default=True,
               help="teachers on the fly, top-k soft targets cached on disk, or both (compared)")
 @click.option("--topk", default=16, show_default=True)
-@click.option("--experiments", default="table1", show_default=True,
-              help="comma-separated: select, table1, table5, sweep, compression, streaming (select runs first and "
-                   "sets T, alpha and the student recipe of the others, on DEV frame accuracy)")
+@click.option("--experiments", default="table1,small", show_default=True,
+              help="comma-separated: select, table1, table5, sweep, compression, small, streaming (select runs "
+                   "first and sets T, alpha and the student recipe of the others, on DEV frame accuracy; small: the "
+                   "deployable student, --small-fraction of a teacher's parameters)")
+@click.option("--small-fraction", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.25,
+              show_default=True, help="small: the student's share of a teacher's parameters")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="table 1: seeds of the baseline and of the student each (mean, spread and per-seed values)")
 @click.option("--student-epochs", type=int, default=None,
@@ -350,8 +353,8 @@ def evaluate(exp, jobs, device, frames, dev_tuning):
                    "[default: 3 (T, alpha) pairs x 3 recipes]")
 @_train_options(inherit=True)
 @stage_command("distill", distributed=True)
-def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experiments, seeds, student_epochs,
-            stream_right, noise_std, freq_mask, select_candidates, device, frames, epochs, batch_size, lr,
+def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experiments, small_fraction, seeds,
+            student_epochs, stream_right, noise_std, freq_mask, select_candidates, device, frames, epochs, batch_size, lr,
             weight_decay, patience):
     """Stage 6: hard-label baseline and distilled student(s), same recipe and seeds; optional paper experiments."""
     names = [e.strip() for e in experiments.split(",") if e.strip()]
@@ -373,7 +376,7 @@ def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experimen
     out = stage_distill(exp, device, jobs, temperature, alpha, mean, teacher_source, topk, names,
                         _train_config(epochs, batch_size, lr, weight_decay, patience),
                         recipe_overrides(student_epochs, noise_std, freq_mask), candidates, frames=frames,
-                        seeds=seeds, stream_right=rights)
+                        seeds=seeds, stream_right=rights, small_fraction=small_fraction)
     return {"experiments": list(out)}
 
 

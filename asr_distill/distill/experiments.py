@@ -11,6 +11,9 @@
 * ``sweep``: T in {1, 2, 5, 10} x alpha in {0, 0.5, 0.9}, test and dev frame accuracy, and a plot.
 * ``compression``: distilled students with 1, 1/4 and 1/16 of a teacher's parameters, each against a hard-label
   baseline of its size trained with the same recipe; WER against parameters.
+* ``small``: the student to deploy, distilled at ``small_fraction`` of a teacher's parameters with table 1's
+  settings (no baseline: ``compression`` has those); stage 8's ``--system auto`` ships it when its dev WER is
+  within the margin of the ensemble's.
 * ``streaming``: students for streaming, with the teachers' left context but only ``stream_right`` frames of right
   context (the teachers label their full windows; the student sees its part of them), each against a hard-label
   baseline of the same context and recipe.  ``asr-distill export --cmvn online`` then gives them causal
@@ -51,6 +54,7 @@ class DistillSettings:
     select_candidates: Optional[Sequence[Tuple[float, float, dict]]] = None
     seeds: int = 3  # table 1: baseline and student each trained with this many seeds (100, 101, ...)
     stream_right: Sequence[int] = (2,)  # streaming: the students' right contexts (frames)
+    small_fraction: float = 0.25  # small: the deployable student's share of a teacher's parameters
 
 
 def run_select(run: DistillRunner, s: DistillSettings) -> dict:
@@ -197,6 +201,24 @@ def run_compression(run: DistillRunner, s: DistillSettings) -> list:
     return rows
 
 
+def run_small(run: DistillRunner, s: DistillSettings) -> dict:
+    if not 0.0 < s.small_fraction < 1.0:
+        raise ValueError(f"small student fraction {s.small_fraction}: must be between 0 and 1")
+    cfg = run.teacher_config
+    if cfg["arch"] != "mlp":
+        raise ValueError(f"small students are MLPs; the teachers are {cfg['arch']}")
+    h = hidden_for_params(int(count_parameters(build_model(cfg)) * s.small_fraction), cfg)
+    name = f"student-h{h}"  # compression's name for the same student: either reuses the other's finished run
+    m, _ = run.train(name, {**cfg, "hidden_dim": h}, T=s.T, alpha=s.alpha, **s.recipe)
+    extra = {"T": s.T, "alpha": s.alpha, "param_fraction": round(s.small_fraction, 4), **s.recipe}
+    row = run.decode(name, "student", m, extra)
+    table = {"name": name, "hidden_dim": h, "params": row["params"], "param_fraction": s.small_fraction,
+             **{k: row[k] for k in ("frame_acc", "dev_frame_acc", "wer", "dev_wer")}}
+    if run.main:
+        update_experiment(run.exp.dir, "small", table)
+    return table
+
+
 def run_streaming(run: DistillRunner, s: DistillSettings) -> list:
     rows = []
     for right in s.stream_right:
@@ -221,7 +243,7 @@ def run_streaming(run: DistillRunner, s: DistillSettings) -> list:
 # In the order they run: select first, so that its choice reaches the others.
 EXPERIMENTS: Dict[str, Callable[[DistillRunner, DistillSettings], object]] = {
     "select": run_select, "table1": run_table1, "table5": run_table5, "sweep": run_sweep,
-    "compression": run_compression, "streaming": run_streaming}
+    "compression": run_compression, "small": run_small, "streaming": run_streaming}
 
 
 def check_experiments(names: Sequence[str]) -> None:

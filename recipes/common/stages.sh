@@ -22,7 +22,8 @@
 # Stages (each skipped when EXP/.done/<name> exists; --force redoes the selected ones):
 #   0 manifests   1 features   2 lang + HCLG   3 GMM chain mono -> tri1 -> tri2 (LDA+MLLT) -> tri3 (SAT), each
 #   decoded; the last one's alignments label the frames (--gmm-args "--gmm-stages mono" for monophone targets)
-#   4 teachers    5 teacher + ensemble evaluation   6 distillation   7 results table   8 export
+#   4 teachers    5 teacher + ensemble evaluation   6 distillation   7 results table   8 export (the student to
+#   ship, and any streaming student with causal CMVN)
 set -euo pipefail
 
 stage=${stage:-0}
@@ -120,4 +121,10 @@ fi
 if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
   log "stage 8: export the smallest student within 0.5 dev WER points of the ensemble (TorchScript + ONNX + int8) to $exp_dir/export/student"
   asr-distill export --exp-dir "$exp_dir" --system auto --out-dir "$exp_dir/export/student"
+  # streaming students (stage 6's --experiments streaming), with the causal CMVN that transcribe --stream needs
+  for d in "$exp_dir"/distill/student-stream-r*; do
+    [ -f "$d/best.pt" ] || continue
+    log "stage 8: export $(basename "$d") with --cmvn online to $exp_dir/export/$(basename "$d")"
+    asr-distill export --exp-dir "$exp_dir" --system "$(basename "$d")" --cmvn online --out-dir "$exp_dir/export/$(basename "$d")"
+  done
 fi
