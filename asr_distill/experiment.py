@@ -83,12 +83,13 @@ class Experiment:
     def check_finished_with(self, stage: str, options: dict) -> None:
         """Raise :class:`StageOptionsChanged` naming them when finished ``stage`` ran with other ``options``, or
         :class:`StageInputsChanged` when what it read has changed since (:mod:`asr_distill.provenance`; a marker
-        from before options or inputs were recorded is trusted for them)."""
+        from before options or inputs were recorded is trusted for them, and so is one for options added since)."""
         marker = read_json(self.marker(stage))
         recorded = marker.get("options")
-        if recorded is not None and recorded != options:
-            changed = ", ".join(f"{k}: {recorded.get(k)!r} then, {v!r} now" for k, v in options.items()
-                                if recorded.get(k) != v)
+        # an option the marker does not know was added to the tool after the stage ran: trusted, as above
+        differing = {k: v for k, v in options.items() if recorded is not None and k in recorded and recorded[k] != v}
+        if differing:
+            changed = ", ".join(f"{k}: {recorded.get(k)!r} then, {v!r} now" for k, v in differing.items())
             raise StageOptionsChanged(f"stage {stage} finished in {self.dir} with other options ({changed}); pass "
                                       f"--force to redo it with these")
         if marker.get("inputs") is not None:

@@ -9,7 +9,7 @@ from .utils import Pathlike, read_json, write_json
 __all__ = ["update_results", "update_experiment", "load_results", "format_table", "format_table1", "KINDS",
            "choose_deployable", "DEPLOY_MARGIN"]
 
-KINDS = ("gmm", "teacher", "ensemble", "baseline", "student")
+KINDS = ("gmm", "teacher", "ensemble", "baseline", "student", "specialists")
 
 
 def load_results(exp_dir: Pathlike) -> Dict[str, Any]:

@@ -57,12 +57,12 @@ def test_stages_4_to_6_through_the_library(exp, tmp_path, frames):
     # resident: 2 seeds of a baseline and a live-teacher student; stream: 1 seed, the top-k cache's student (the
     # yesno recipe test runs both sources on the resident path)
     seeds, sources = (2, "live") if frames == "resident" else (1, "cache")
-    # resident: also the small student to deploy, and a streaming student (1 frame of right context, the teachers
-    # have 2) with its baseline
-    experiments = ["table1", "small", "streaming"] if frames == "resident" else ["table1"]
+    # resident: also the small student to deploy, a streaming student (1 frame of right context, the teachers
+    # have 2) with its baseline, and 3 specialists refining the student
+    experiments = ["table1", "small", "specialists", "streaming"] if frames == "resident" else ["table1"]
     out = stage_distill(work, jobs=1, T=2.0, alpha=0.5, teacher_source=sources, experiments=experiments,
                         train_config={"epochs": 2}, frames=frames, scorer_options=GRID, seeds=seeds,
-                        stream_right=(1,))
+                        stream_right=(1,), specialists=dict(num_specialists=3, specialist_epochs=1))
     if frames == "resident":
         (stream_row,) = out["streaming"]
         assert stream_row["right_context"] == 1 and stream_row["left_context"] == 2
@@ -72,6 +72,15 @@ def test_stages_4_to_6_through_the_library(exp, tmp_path, frames):
         stream_rows = {r["name"]: r for r in json.loads(work.results_path.read_text())["systems"]}
         assert stream_row["student_wer"] == stream_rows["student-stream-r1"]["wer"]
         assert stream_row["baseline_frame_acc"] == stream_rows["baseline-stream-r1"]["frame_acc"]
+        spec = out["specialists"]
+        spec_row = stream_rows[spec["name"]]
+        assert spec_row["kind"] == "specialists" and spec["num_specialists"] == len(spec["subset_sizes"]) <= 3
+        assert spec_row["params"] > stream_rows["student"]["params"] and spec["flops_per_frame"] > \
+            spec["generalist_flops_per_frame"]
+        assert sum(lv["frames"] for lv in spec["by_coverage"]) == sum(
+            int((lab >= 0).sum()) for lab in pdf_alignments(work, "test").values())
+        assert spec["generalist_frame_acc"] == pytest.approx(stream_rows["student"]["frame_acc"], abs=0.01)
+        assert work.plot_path("specialists").is_file()
         small = out["small"]
         assert small["params"] < rows["teacher0"]["params"] / 2 and stream_rows[small["name"]]["kind"] == "student"
         assert json.loads((work.system_dir(small["name"]) / "config.json").read_text())["model"]["hidden_dim"] == \

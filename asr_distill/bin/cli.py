@@ -331,7 +331,8 @@ def evaluate(exp, jobs, device, frames, dev_tuning):
               help="teachers on the fly, top-k soft targets cached on disk, or both (compared)")
 @click.option("--topk", default=16, show_default=True)
 @click.option("--experiments", default="table1,small", show_default=True,
-              help="comma-separated: select, table1, table5, sweep, compression, small, streaming (select runs "
+              help="comma-separated: select, table1, table5, sweep, compression, small, specialists, streaming "
+                   "(select runs "
                    "first and sets T, alpha and the student recipe of the others, on DEV frame accuracy; small: the "
                    "deployable student, --small-fraction of a teacher's parameters)")
 @click.option("--small-fraction", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.25,
@@ -340,6 +341,15 @@ def evaluate(exp, jobs, device, frames, dev_tuning):
               help="table 1: seeds of the baseline and of the student each (mean, spread and per-seed values)")
 @click.option("--student-epochs", type=int, default=None,
               help="epochs of table 1's student and baseline [default: the teachers']")
+@click.option("--generalist", default="student", show_default=True,
+              help="specialists: the system they refine (student, baseline, teacher<k>, ...)")
+@click.option("--num-specialists", type=click.IntRange(min=1), default=8, show_default=True,
+              help="specialists: K-means clusters of confusable classes")
+@click.option("--specialist-overlap", type=click.IntRange(min=0), default=None,
+              help="specialists: extra (most co-varying) classes per subset  [default: half a cluster's mean size]")
+@click.option("--specialist-epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--specialist-top-n", type=click.IntRange(min=1), default=5, show_default=True,
+              help="specialists: active for a frame when their subset holds one of the generalist's top n classes")
 @click.option("--stream-right", default="2", show_default=True,
               help="streaming: comma-separated right contexts (frames) of the streaming students")
 @click.option("--noise-std", type=float, default=0.0, show_default=True,
@@ -354,7 +364,8 @@ def evaluate(exp, jobs, device, frames, dev_tuning):
 @_train_options(inherit=True)
 @stage_command("distill", distributed=True)
 def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experiments, small_fraction, seeds,
-            student_epochs, stream_right, noise_std, freq_mask, select_candidates, device, frames, epochs, batch_size, lr,
+            student_epochs, generalist, num_specialists, specialist_overlap, specialist_epochs, specialist_top_n,
+            stream_right, noise_std, freq_mask, select_candidates, device, frames, epochs, batch_size, lr,
             weight_decay, patience):
     """Stage 6: hard-label baseline and distilled student(s), same recipe and seeds; optional paper experiments."""
     names = [e.strip() for e in experiments.split(",") if e.strip()]
@@ -376,7 +387,10 @@ def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experimen
     out = stage_distill(exp, device, jobs, temperature, alpha, mean, teacher_source, topk, names,
                         _train_config(epochs, batch_size, lr, weight_decay, patience),
                         recipe_overrides(student_epochs, noise_std, freq_mask), candidates, frames=frames,
-                        seeds=seeds, stream_right=rights, small_fraction=small_fraction)
+                        seeds=seeds, stream_right=rights, small_fraction=small_fraction,
+                        specialists=dict(generalist=generalist, num_specialists=num_specialists,
+                                         specialist_overlap=specialist_overlap, specialist_epochs=specialist_epochs,
+                                         specialist_top_n=specialist_top_n))
     return {"experiments": list(out)}
 
 

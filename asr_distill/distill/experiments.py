@@ -14,6 +14,10 @@
 * ``small``: the student to deploy, distilled at ``small_fraction`` of a teacher's parameters with table 1's
   settings (no baseline: ``compression`` has those); stage 8's ``--system auto`` ships it when its dev WER is
   within the margin of the ensemble's.
+* ``specialists``: the paper's section 5: a generalist (``generalist``, default the student) plus
+  ``num_specialists`` specialists on the classes it confuses (:mod:`asr_distill.distill.specialists`), their
+  combined posteriors scored like any system (kind ``specialists``), and test frame accuracy by how many
+  specialists cover a frame's class, with a plot.
 * ``streaming``: students for streaming, with the teachers' left context but only ``stream_right`` frames of right
   context (the teachers label their full windows; the student sees its part of them), each against a hard-label
   baseline of the same context and recipe.  ``asr-distill export --cmvn online`` then gives them causal
@@ -29,12 +33,18 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
+import numpy as np
+
 from ..nnet import parallel
-from ..nnet.models import build_model, count_parameters
+from ..nnet.checkpoint import load_model
+from ..nnet.inference import log_posteriors
+from ..nnet.models import build_model, count_parameters, fit_windows, model_flops_per_frame
+from ..nnet.train import TrainConfig
 from ..results import update_experiment
-from .plots import plot_compression, plot_sweep
+from .plots import plot_compression, plot_specialists, plot_sweep
 from .recipes import SELECT_PAIRS, SELECT_RECIPES, hidden_for_params, student_dir
 from .runner import DistillRunner
+from .specialist_system import SpecialistSystem
 
 __all__ = ["DistillSettings", "EXPERIMENTS", "check_experiments", "run_experiments", "seed_summary", "recovered"]
 
@@ -55,6 +65,11 @@ class DistillSettings:
     seeds: int = 3  # table 1: baseline and student each trained with this many seeds (100, 101, ...)
     stream_right: Sequence[int] = (2,)  # streaming: the students' right contexts (frames)
     small_fraction: float = 0.25  # small: the deployable student's share of a teacher's parameters
+    generalist: str = "student"  # specialists: the system they refine
+    num_specialists: int = 8
+    specialist_overlap: Optional[int] = None  # extra classes per subset (None: half a cluster's mean size)
+    specialist_epochs: int = 10
+    specialist_top_n: int = 5  # a specialist is active when its subset holds one of the generalist's top n
 
 
 def run_select(run: DistillRunner, s: DistillSettings) -> dict:
@@ -240,10 +255,52 @@ def run_streaming(run: DistillRunner, s: DistillSettings) -> list:
     return rows
 
 
+def run_specialists(run: DistillRunner, s: DistillSettings) -> dict:
+    if parallel.is_distributed():
+        raise ValueError("specialists: run stage 6 in one process (each specialist is small and quick to train)")
+    generalist = fit_windows(load_model(run.exp.system_checkpoint(s.generalist), run.device), run.left,
+                             run.right).eval()
+    k = s.num_specialists
+    overlap = s.specialist_overlap if s.specialist_overlap is not None else \
+        int(generalist.config["num_pdfs"]) // (2 * k)
+    name = f"specialists-{s.generalist}-k{k}"
+    cfg = TrainConfig(**{**run.train_config, "seed": 100, "epochs": s.specialist_epochs})
+    system = SpecialistSystem.fit(generalist, run.frames["train"], run.frames["dev"], run.exp.system_dir(name),
+                                    cfg, k, overlap, run.left, run.right, s.specialist_top_n)
+    post = {split: system.log_posteriors(run.frames[split]) for split in ("dev", "test")}  # test last
+    extra = {"generalist": s.generalist, "num_specialists": len(system.subsets), "overlap": overlap,
+             "active_per_frame": round(system.active_count, 3), "flops_per_frame": system.flops_per_frame(),
+             "generalist_flops_per_frame": model_flops_per_frame(generalist)}
+    row = run.scorer.evaluate_posteriors(name, "specialists", post, system.params(), extra)
+    general = log_posteriors(generalist, run.frames["test"])
+    cover = system.coverage()
+    by_level: Dict[int, list] = {}
+    for utt, labels in run.scorer.labels["test"].items():
+        known = labels >= 0
+        lab = labels[known]
+        for level in np.unique(cover[lab]):
+            at = cover[lab] == level
+            hits = by_level.setdefault(int(level), [0, 0, 0])
+            hits[0] += int((general[utt][known].argmax(1)[at] == lab[at]).sum())
+            hits[1] += int((post["test"][utt][known].argmax(1)[at] == lab[at]).sum())
+            hits[2] += int(at.sum())
+    levels = [{"specialists_covering": lv, "frames": n, "generalist_frame_acc": round(100.0 * g / n, 2),
+               "combined_frame_acc": round(100.0 * c / n, 2)} for lv, (g, c, n) in sorted(by_level.items())]
+    table = {"name": name, **extra, "subset_sizes": [len(x) for x in system.subsets],
+             "frame_acc": row["frame_acc"], "wer": row["wer"], "dev_wer": row["dev_wer"],
+             "generalist_frame_acc": round(sum(x[0] for x in by_level.values()) * 100.0 /
+                                           max(1, sum(x[2] for x in by_level.values())), 2),
+             "by_coverage": levels}
+    update_experiment(run.exp.dir, "specialists", table)
+    plot_specialists(levels, run.exp.plot_path("specialists"))
+    return table
+
+
 # In the order they run: select first, so that its choice reaches the others.
 EXPERIMENTS: Dict[str, Callable[[DistillRunner, DistillSettings], object]] = {
     "select": run_select, "table1": run_table1, "table5": run_table5, "sweep": run_sweep,
-    "compression": run_compression, "small": run_small, "streaming": run_streaming}
+    "compression": run_compression, "small": run_small, "specialists": run_specialists,
+    "streaming": run_streaming}
 
 
 def check_experiments(names: Sequence[str]) -> None:

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: plots are files
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["plot_sweep", "plot_compression"]
+__all__ = ["plot_sweep", "plot_compression", "plot_specialists"]
 
 
 def _axes():
@@ -55,4 +55,20 @@ def plot_compression(rows: List[dict], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
     ax.set_ylabel("test WER (%)")
+    _save(fig, ax, path)
+
+
+def plot_specialists(levels: List[dict], path: Path) -> None:
+    """Test frame accuracy of the generalist alone and with its specialists, by how many specialists cover the
+    frame's class (0: none; the paper's gain grows with the coverage)."""
+    fig, ax = _axes()
+    x = [r["specialists_covering"] for r in levels]
+    ax.plot(x, [r["generalist_frame_acc"] for r in levels], "o--", label="generalist")
+    ax.plot(x, [r["combined_frame_acc"] for r in levels], "o-", label="generalist + specialists")
+    for r in levels:
+        ax.annotate(f"{r['frames']}", (r["specialists_covering"], r["combined_frame_acc"]), fontsize=6,
+                    textcoords="offset points", xytext=(0, 4), ha="center")
+    ax.set_xlabel("specialists covering the frame's class (frames annotated)")
+    ax.set_ylabel("test frame accuracy %")
+    ax.set_xticks(x)
     _save(fig, ax, path)

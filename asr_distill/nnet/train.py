@@ -25,8 +25,9 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -163,10 +164,13 @@ def _write_csv(history: List[dict], path: Path) -> None:
 
 def train_model(model: nn.Module, train, dev, config: TrainConfig, out_dir: Pathlike,
                 loss: Optional[FrameLoss] = None, resume: bool = True, stop_after_epochs: Optional[int] = None,
-                progress: bool = True, cuda_graph: bool = True) -> Dict:
+                progress: bool = True, cuda_graph: bool = True,
+                keep: Optional[Callable[[int, int], Optional[np.ndarray]]] = None) -> Dict:
     """Train ``model`` on ``train`` frames with ``loss`` (default: hard-label cross-entropy); keep the epoch with
     the best DEV frame accuracy in ``out_dir/best.pt``.  Returns a summary dict (also ``out_dir/summary.json``).
     ``stop_after_epochs`` ends the run early as an interruption would (for tests and for splitting long runs).
+    ``keep(utt_index, num_frames)``: the frames to train on (a boolean mask per utterance, None = all), instead of
+    ``config.frame_subset``'s random fraction (a specialist's balanced selection).
 
     Under ``torchrun`` ``train`` is this rank's shard and every rank must call this with the same arguments
     otherwise; only rank 0 writes ``out_dir``.  A resident top-k cache in ``loss`` must hold the rows of this
@@ -178,7 +182,7 @@ def train_model(model: nn.Module, train, dev, config: TrainConfig, out_dir: Path
     loss = loss if loss is not None else CrossEntropyLoss()
     device = train.device
     model.to(device)
-    keep = _subset_keep(config)  # under DDP: that fraction of each rank's shard
+    keep = keep if keep is not None else _subset_keep(config)  # under DDP: that fraction of each rank's shard
     batch_size, steps, n_train = _epoch_plan(train, config, keep)
     lr_at = _lr_lambda(config, steps)
     augment = WindowAugment(config.noise_std, config.freq_mask)

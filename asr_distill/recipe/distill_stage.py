@@ -18,13 +18,15 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
                   student_recipe: Optional[dict] = None,
                   select_candidates: Optional[Sequence[Tuple[float, float, dict]]] = None,
                   frames: str = "auto", scorer_options: Optional[dict] = None, seeds: int = 3,
-                  stream_right: Sequence[int] = (2,), small_fraction: float = 0.25) -> dict:
+                  stream_right: Sequence[int] = (2,), small_fraction: float = 0.25,
+                  specialists: Optional[dict] = None) -> dict:
     """Stage 6: ``experiments`` (names of :data:`DISTILL_EXPERIMENTS`, run in that table's order).
 
     ``student_recipe`` overrides the teachers' training settings (e.g. ``epochs``, ``noise_std``, ``freq_mask``)
     for table 1's students and baselines alike, which then differ only in their targets; ``seeds``: how many
     seeds table 1 trains each of them with; ``stream_right``: the streaming students' right contexts; ``small_fraction``: the small student's share of a teacher's
-    parameters.  Under
+    parameters; ``specialists``: settings of the ``specialists`` experiment (``generalist``, ``num_specialists``,
+    ``specialist_overlap``, ``specialist_epochs``, ``specialist_top_n``).  Under
     ``torchrun`` every system is trained data-parallel by all ranks; rank 0 alone decodes and writes the results.
     ``frames``: the frame path; ``scorer_options``: the :class:`~asr_distill.decode.scorer.Scorer`'s.
     """
@@ -35,5 +37,5 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
     settings = DistillSettings(T=T, alpha=alpha, mean=mean, recipe=dict(student_recipe or {}),
                                teacher_source=teacher_source, topk=topk, select_candidates=select_candidates,
                                seeds=seeds, stream_right=tuple(stream_right),
-                               small_fraction=small_fraction)
+                               small_fraction=small_fraction, **(specialists or {}))
     return run_experiments(run, experiments, settings)

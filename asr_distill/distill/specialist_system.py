@@ -1,0 +1,152 @@
+"""A generalist and its specialists as one system (:mod:`asr_distill.distill.specialists` holds the algorithms):
+the subsets chosen from the generalist's predictions on the training frames, each specialist trained on its
+balanced selection of them, and the combined posteriors of any frames."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..nnet.checkpoint import load_model
+from ..nnet.frames import FrameSet
+from ..nnet.models import build_model, count_parameters, fit_windows, model_flops_per_frame
+from ..nnet.step import CrossEntropyLoss
+from ..nnet.train import TrainConfig, train_model
+from ..utils import read_json, write_json
+from .specialists import (active_specialists, balanced_selection, cluster_classes, combine, coverage,
+                          dustbin_labels, dustbin_log_prior_ratio, grow_subsets, membership, prediction_covariance,
+                          specialist_from)
+
+__all__ = ["SpecialistSystem", "choose_subsets"]
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def _probs(model: nn.Module, frames, batch_size: int = 8192):
+    model.eval()
+    for x, _ in frames.eval_batches(batch_size):
+        yield torch.softmax(model(x).float(), -1)
+
+
+def choose_subsets(generalist: nn.Module, train: FrameSet, num_specialists: int, overlap: int, seed: int = 0,
+                   min_size: int = 2) -> List[np.ndarray]:
+    """Confusable class subsets: K-means on the covariance of ``generalist``'s predictions over the training
+    frames, each cluster grown by ``overlap`` classes; clusters of fewer than ``min_size`` classes are left out
+    (one class needs no specialist)."""
+    cov = prediction_covariance(_probs(generalist, train))
+    clusters = [c for c in cluster_classes(cov, num_specialists, seed) if len(c) >= min_size]
+    return grow_subsets(cov, clusters, overlap)
+
+
+def _local_frames(frames: FrameSet, subset: np.ndarray, num_classes: int, seed: int, drop_unselected: bool):
+    """``frames`` with the specialist's labels (subset index or dustbin), sharing the features; and the balanced
+    selection mask.  ``drop_unselected``: labels of frames outside the selection become -1 (scoring ignores them)."""
+    local = dustbin_labels(frames.labels, subset, num_classes)
+    mask = balanced_selection(local, len(subset), seed)
+    if drop_unselected:
+        local = torch.where(mask, local, torch.full_like(local, -1))
+    return dataclasses.replace(frames, labels=local, _subset_cache=None), mask
+
+
+class SpecialistSystem(nn.Module):
+    """``log_posteriors(frames)``: the generalist's posteriors refined by the active specialists (see
+    :func:`asr_distill.distill.specialists.combine`); ``top_n``: how many of the generalist's best classes decide
+    which specialists are active for a frame."""
+
+    def __init__(self, generalist: nn.Module, specialists: Sequence[nn.Module], subsets: Sequence[np.ndarray],
+                 log_prior_ratios: Sequence[torch.Tensor], top_n: int = 5, iterations: int = 30):
+        super().__init__()
+        self.generalist = generalist
+        self.specialists = nn.ModuleList(specialists)
+        self.subsets = [np.asarray(s) for s in subsets]
+        self.num_classes = int(generalist.config["num_pdfs"])
+        self.register_buffer("member", membership(self.subsets, self.num_classes))
+        self.log_prior_ratios = [r.float() for r in log_prior_ratios]
+        self.top_n, self.iterations = top_n, iterations
+        self.active_count = 0.0  # specialists active per frame, averaged over the frames of the last call
+        self._active_sum, self._frames = 0.0, 0
+
+    @classmethod
+    def fit(cls, generalist: nn.Module, train: FrameSet, dev: FrameSet, out_dir: Path, config: TrainConfig,
+              num_specialists: int, overlap: int, left: int, right: int, top_n: int = 5,
+              progress: bool = True) -> "SpecialistSystem":
+        """Choose the subsets (stored in ``out_dir/subsets.json``, reused when present), train each specialist
+        from the generalist (``out_dir/specialist<m>/``; finished runs are kept, interrupted ones resume)."""
+        if not isinstance(train, FrameSet) or not isinstance(dev, FrameSet) or train.labels is None:
+            raise ValueError("specialists need the resident frame path with labels (--frames resident)")
+        out_dir = Path(out_dir)
+        subsets_path = out_dir / "subsets.json"
+        if subsets_path.exists():
+            subsets = [np.asarray(s) for s in read_json(subsets_path)["subsets"]]
+        else:
+            subsets = choose_subsets(generalist, train, num_specialists, overlap, config.seed)
+            write_json({"subsets": [s.tolist() for s in subsets], "num_specialists": num_specialists,
+                        "overlap": overlap}, subsets_path)
+        num_classes = int(generalist.config["num_pdfs"])
+        labelled = int((train.labels >= 0).sum())
+        specialists, ratios = [], []
+        for m, subset in enumerate(subsets):
+            local_train, mask = _local_frames(train, subset, num_classes, config.seed + m, drop_unselected=False)
+            local_dev, _ = _local_frames(dev, subset, num_classes, config.seed + m, drop_unselected=True)
+            inside = int(((local_train.labels >= 0) & (local_train.labels != len(subset))).sum())
+            selected = mask.cpu().numpy()
+            offsets = train.offsets.numpy()
+            position = {u: i for i, u in enumerate(train.utt_index or range(len(train.utt_ids)))}
+
+            def keep(utt_index, n, selected=selected, offsets=offsets, position=position):
+                i = position[utt_index]
+                return selected[offsets[i]:offsets[i + 1]]
+
+            model = fit_windows(specialist_from(generalist, subset, build_model), left, right)
+            d = out_dir / f"specialist{m}"
+            log.info("specialist %d: %d classes, %d of their frames + %d others", m, len(subset), inside,
+                     int(selected.sum()) - inside)
+            train_model(model, local_train, local_dev, config, d, loss=CrossEntropyLoss(), keep=keep,
+                        progress=progress)
+            specialists.append(fit_windows(load_model(d / "best.pt", train.device), left, right).eval())
+            ratios.append(dustbin_log_prior_ratio(inside / labelled, inside / max(1, int(selected.sum()))))
+        return cls(generalist, specialists, subsets, ratios, top_n)
+
+    @torch.no_grad()
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C)`` combined posteriors of windows ``x``."""
+        pg = torch.softmax(self.generalist(x).float(), -1)
+        member = self.member.to(pg.device)
+        active = active_specialists(pg, member, self.top_n)
+        spec = []
+        for model, ratio, subset in zip(self.specialists, self.log_prior_ratios, self.subsets):
+            logp = torch.log_softmax(model(x).float(), -1)
+            corr = torch.cat([ratio[0].expand(len(subset)), ratio[1:2]]).to(logp.device)
+            spec.append(torch.softmax(logp + corr, -1))  # the dustbin's and the subset's priors, as in the data
+        self._active_sum += float(active.sum())
+        self._frames += x.shape[0]
+        return combine(pg, spec, member, active, self.iterations).float()
+
+    @torch.no_grad()
+    def log_posteriors(self, frames, batch_size: int = 4096) -> Dict[str, np.ndarray]:
+        """Per-utterance ``(frames, C)`` log of the combined posteriors (the decoder's input after the priors)."""
+        self.eval()
+        self._active_sum, self._frames = 0.0, 0
+        out = {}
+        for utt, x, _ in frames.utterances():
+            parts = [self.probabilities(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+            out[utt] = torch.log(torch.cat(parts).clamp_min(1e-30)).cpu().numpy()
+        self.active_count = self._active_sum / max(1, self._frames)
+        return out
+
+    def coverage(self) -> np.ndarray:
+        return coverage(self.subsets, self.num_classes)
+
+    def params(self) -> int:
+        return count_parameters(self.generalist) + sum(count_parameters(m) for m in self.specialists)
+
+    def flops_per_frame(self, active: Optional[float] = None) -> int:
+        """The generalist's forward plus ``active`` specialists' (default: the last call's average)."""
+        per = model_flops_per_frame(self.specialists[0]) if len(self.specialists) else 0
+        return int(model_flops_per_frame(self.generalist) + (self.active_count if active is None else active) * per)
