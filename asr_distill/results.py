@@ -6,7 +6,8 @@ from typing import Any, Dict, List, Optional
 
 from .utils import Pathlike, read_json, write_json
 
-__all__ = ["update_results", "update_experiment", "load_results", "format_table", "format_table1", "KINDS",
+__all__ = ["update_results", "update_experiment", "load_results", "format_table", "format_table1", "format_streaming",
+           "format_specialists", "KINDS",
            "choose_deployable", "DEPLOY_MARGIN"]
 
 KINDS = ("gmm", "teacher", "ensemble", "baseline", "student", "specialists")
@@ -53,7 +54,34 @@ def format_table(results: Dict[str, Any]) -> str:
     table1 = results.get("experiments", {}).get("table1")
     if table1 and "baseline" in table1:  # the seeded protocol's table (older files hold one seed's numbers only)
         lines += ["", *format_table1(table1)]
+    experiments = results.get("experiments", {})
+    if experiments.get("streaming"):
+        lines += ["", *format_streaming(experiments["streaming"])]
+    if experiments.get("specialists"):
+        lines += ["", *format_specialists(experiments["specialists"])]
     return "\n".join(lines)
+
+
+def format_streaming(rows: List[Dict[str, Any]]) -> List[str]:
+    """Streaming students against same-context baselines, per look-ahead."""
+    table = [["right context", "student test frame acc %", "student test / dev WER %", "baseline test frame acc %",
+              "baseline test / dev WER %"]]
+    for r in rows:
+        table.append([f"{r['right_context']} frames", _fmt(r["student_frame_acc"]),
+                      f"{_fmt(r['student_wer'])} / {_fmt(r['student_dev_wer'])}", _fmt(r["baseline_frame_acc"]),
+                      f"{_fmt(r['baseline_wer'])} / {_fmt(r['baseline_dev_wer'])}"])
+    return ["Streaming students (left context as the teachers')", *_markdown(table)]
+
+
+def format_specialists(table: Dict[str, Any]) -> List[str]:
+    """Generalist alone and with its specialists, by how many specialists cover a frame's class."""
+    rows = [["specialists covering", "frames", "generalist frame acc %", "with specialists %"]]
+    for lv in table["by_coverage"]:
+        rows.append([str(lv["specialists_covering"]), str(lv["frames"]), _fmt(lv["generalist_frame_acc"]),
+                     _fmt(lv["combined_frame_acc"])])
+    return [f"Specialists: {table['num_specialists']} refining {table['generalist']} (overlap {table['overlap']}, "
+            f"{table['active_per_frame']:.2f} active per frame): test frame acc {_fmt(table['generalist_frame_acc'])}"
+            f" -> {_fmt(table['frame_acc'])}%, WER {_fmt(table['wer'])}%", *_markdown(rows)]
 
 
 def _markdown(rows: List[List[str]]) -> List[str]:

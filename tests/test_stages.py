@@ -81,6 +81,10 @@ def test_stages_4_to_6_through_the_library(exp, tmp_path, frames):
             int((lab >= 0).sum()) for lab in pdf_alignments(work, "test").values())
         assert spec["generalist_frame_acc"] == pytest.approx(stream_rows["student"]["frame_acc"], abs=0.01)
         assert work.plot_path("specialists").is_file()
+        from asr_distill.results import format_table
+        printed = format_table(json.loads(work.results_path.read_text()))
+        assert f"Specialists: {spec['num_specialists']} refining student" in printed
+        assert "Streaming students" in printed and "| 1 frames" in printed
         small = out["small"]
         assert small["params"] < rows["teacher0"]["params"] / 2 and stream_rows[small["name"]]["kind"] == "student"
         assert json.loads((work.system_dir(small["name"]) / "config.json").read_text())["model"]["hidden_dim"] == \
