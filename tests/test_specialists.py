@@ -119,3 +119,41 @@ def test_active_specialists_follow_the_generalists_top_classes():
     assert active_specialists(pg, member, 2).tolist() == [[True, False, False], [False, True, True]]
     with pytest.raises(ValueError):
         prediction_covariance(pg[:1])
+
+
+def _synthetic_frames(n_utts: int = 12, frames: int = 40, seed: int = 0):
+    """Frames whose features carry their class (10 classes, 4 confusable groups), 2 + 1 + 2 context."""
+    from asr_distill.nnet.frames import FrameSet
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(10, 6))
+    feats, labels = [], []
+    for _ in range(n_utts):
+        lab = rng.integers(0, 10, size=frames)
+        feats.append((centres[lab] + rng.normal(scale=1.5, size=(frames, 6))).astype(np.float32))
+        labels.append(lab)
+    return FrameSet.from_arrays(feats, labels, [f"u{i}" for i in range(n_utts)], 2, 2)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_specialist_system_trains_and_its_posteriors_sum_to_one(tmp_path, alpha):
+    from asr_distill.distill.specialist_system import SpecialistSystem
+    from asr_distill.nnet.train import TrainConfig, train_model
+
+    train, dev = _synthetic_frames(), _synthetic_frames(4, seed=1)
+    torch.manual_seed(0)
+    general = build_model(dict(arch="mlp", input_dim=6, context=5, num_pdfs=10, hidden_dim=32, num_layers=2))
+    train_model(general, train, dev, TrainConfig(epochs=3, batch_size=64, lr=3e-3), tmp_path / "g", progress=False)
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=1e-3)
+    system = SpecialistSystem.fit(general.eval(), train, dev, tmp_path / "spec", cfg, num_specialists=3, overlap=1,
+                                  left=2, right=2, top_n=2, progress=False, teachers=[general], T=2.0,
+                                  alpha=alpha)
+    assert 1 <= len(system.subsets) <= 3 and (tmp_path / "spec" / "subsets.json").is_file()
+    config = (tmp_path / "spec" / "specialist0" / "config.json").read_text()
+    assert ("specialist-distillation" in config) == (alpha > 0)
+    post = system.log_posteriors(dev)
+    assert set(post) == set(dev.utt_ids)
+    for lp in post.values():
+        np.testing.assert_allclose(np.exp(lp).sum(1), 1.0, atol=1e-5)
+    assert 0 < system.active_count <= len(system.subsets)
+    assert system.params() > sum(p.numel() for p in general.parameters())

@@ -348,6 +348,8 @@ def evaluate(exp, jobs, device, frames, dev_tuning):
 @click.option("--specialist-overlap", type=click.IntRange(min=0), default=None,
               help="specialists: extra (most co-varying) classes per subset  [default: half a cluster's mean size]")
 @click.option("--specialist-epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--specialist-alpha", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="specialists: weight of the teachers' soft targets (at -T) in their loss; 0: hard labels only")
 @click.option("--specialist-top-n", type=click.IntRange(min=1), default=5, show_default=True,
               help="specialists: active for a frame when their subset holds one of the generalist's top n classes")
 @click.option("--stream-right", default="2", show_default=True,
@@ -364,7 +366,8 @@ def evaluate(exp, jobs, device, frames, dev_tuning):
 @_train_options(inherit=True)
 @stage_command("distill", distributed=True)
 def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experiments, small_fraction, seeds,
-            student_epochs, generalist, num_specialists, specialist_overlap, specialist_epochs, specialist_top_n,
+            student_epochs, generalist, num_specialists, specialist_overlap, specialist_epochs, specialist_alpha,
+            specialist_top_n,
             stream_right, noise_std, freq_mask, select_candidates, device, frames, epochs, batch_size, lr,
             weight_decay, patience):
     """Stage 6: hard-label baseline and distilled student(s), same recipe and seeds; optional paper experiments."""
@@ -390,7 +393,7 @@ def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experimen
                         seeds=seeds, stream_right=rights, small_fraction=small_fraction,
                         specialists=dict(generalist=generalist, num_specialists=num_specialists,
                                          specialist_overlap=specialist_overlap, specialist_epochs=specialist_epochs,
-                                         specialist_top_n=specialist_top_n))
+                                         specialist_alpha=specialist_alpha, specialist_top_n=specialist_top_n))
     return {"experiments": list(out)}
 
 

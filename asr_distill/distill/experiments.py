@@ -70,6 +70,7 @@ class DistillSettings:
     specialist_overlap: Optional[int] = None  # extra classes per subset (None: half a cluster's mean size)
     specialist_epochs: int = 10
     specialist_top_n: int = 5  # a specialist is active when its subset holds one of the generalist's top n
+    specialist_alpha: float = 0.0  # > 0: specialists learn from the teachers' soft targets at T (0: hard labels)
 
 
 def run_select(run: DistillRunner, s: DistillSettings) -> dict:
@@ -263,12 +264,16 @@ def run_specialists(run: DistillRunner, s: DistillSettings) -> dict:
     k = s.num_specialists
     overlap = s.specialist_overlap if s.specialist_overlap is not None else \
         int(generalist.config["num_pdfs"]) // (2 * k)
-    name = f"specialists-{s.generalist}-k{k}"
+    soft = f"-T{s.T:g}a{s.specialist_alpha:g}" if s.specialist_alpha > 0 else ""
+    name = f"specialists-{s.generalist}-k{k}-o{overlap}-e{s.specialist_epochs}{soft}"
     cfg = TrainConfig(**{**run.train_config, "seed": 100, "epochs": s.specialist_epochs})
     system = SpecialistSystem.fit(generalist, run.frames["train"], run.frames["dev"], run.exp.system_dir(name),
-                                    cfg, k, overlap, run.left, run.right, s.specialist_top_n)
+                                  cfg, k, overlap, run.left, run.right, s.specialist_top_n, teachers=run.teachers,
+                                  T=s.T, alpha=s.specialist_alpha)
     post = {split: system.log_posteriors(run.frames[split]) for split in ("dev", "test")}  # test last
     extra = {"generalist": s.generalist, "num_specialists": len(system.subsets), "overlap": overlap,
+             "specialist_epochs": s.specialist_epochs, "specialist_targets":
+                 f"teachers' soft targets, T {s.T:g}, alpha {s.specialist_alpha:g}" if soft else "hard labels",
              "active_per_frame": round(system.active_count, 3), "flops_per_frame": system.flops_per_frame(),
              "generalist_flops_per_frame": model_flops_per_frame(generalist)}
     row = run.scorer.evaluate_posteriors(name, "specialists", post, system.params(), extra)

@@ -15,14 +15,15 @@ from torch import nn
 from ..nnet.checkpoint import load_model
 from ..nnet.frames import FrameSet
 from ..nnet.models import build_model, count_parameters, fit_windows, model_flops_per_frame
-from ..nnet.step import CrossEntropyLoss
+from ..nnet.step import CrossEntropyLoss, FrameLoss
 from ..nnet.train import TrainConfig, train_model
 from ..utils import read_json, write_json
+from .loss import distillation_loss
 from .specialists import (active_specialists, balanced_selection, cluster_classes, combine, coverage,
                           dustbin_labels, dustbin_log_prior_ratio, grow_subsets, membership, prediction_covariance,
                           specialist_from)
 
-__all__ = ["SpecialistSystem", "choose_subsets"]
+__all__ = ["SpecialistSystem", "SpecialistTargets", "choose_subsets"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,32 @@ def _local_frames(frames: FrameSet, subset: np.ndarray, num_classes: int, seed: 
     return dataclasses.replace(frames, labels=local, _subset_cache=None), mask
 
 
+class SpecialistTargets(FrameLoss):
+    """A specialist's loss with soft targets: ``alpha * T^2 * KL + (1 - alpha) * CE`` against the teachers'
+    (arithmetic-mean) posterior at temperature ``T`` folded into the specialist's classes (the subset's
+    probabilities, and their complement as the dustbin's).  The paper (section 6) finds soft targets keep
+    specialists, which see little data, from overfitting."""
+
+    def __init__(self, teachers: Sequence[nn.Module], subset: np.ndarray, T: float, alpha: float):
+        self.teachers, self.T, self.alpha = list(teachers), float(T), float(alpha)
+        self.subset = torch.as_tensor(np.asarray(subset), dtype=torch.long)
+
+    def bind(self, device) -> None:
+        self.subset = self.subset.to(device)
+        for t in self.teachers:
+            t.to(device).eval()
+
+    def describe(self):
+        return {"loss": "specialist-distillation", "T": self.T, "alpha": self.alpha, "teachers": len(self.teachers)}
+
+    def __call__(self, logits, x, y, frame_index, topk):
+        with torch.no_grad():
+            p = torch.stack([torch.softmax(t(x).float() / self.T, -1) for t in self.teachers]).mean(0)
+            inside = p[:, self.subset]
+            folded = torch.cat([inside, (1.0 - inside.sum(1, keepdim=True)).clamp_min(0.0)], 1)
+        return distillation_loss(logits, y, self.T, self.alpha, teacher_probs=folded)
+
+
 class SpecialistSystem(nn.Module):
     """``log_posteriors(frames)``: the generalist's posteriors refined by the active specialists (see
     :func:`asr_distill.distill.specialists.combine`); ``top_n``: how many of the generalist's best classes decide
@@ -75,9 +102,12 @@ class SpecialistSystem(nn.Module):
     @classmethod
     def fit(cls, generalist: nn.Module, train: FrameSet, dev: FrameSet, out_dir: Path, config: TrainConfig,
               num_specialists: int, overlap: int, left: int, right: int, top_n: int = 5,
-              progress: bool = True) -> "SpecialistSystem":
+              progress: bool = True, teachers: Sequence[nn.Module] = (), T: float = 1.0,
+              alpha: float = 0.0) -> "SpecialistSystem":
         """Choose the subsets (stored in ``out_dir/subsets.json``, reused when present), train each specialist
-        from the generalist (``out_dir/specialist<m>/``; finished runs are kept, interrupted ones resume)."""
+        from the generalist (``out_dir/specialist<m>/``; finished runs are kept, interrupted ones resume): on
+        hard labels (``alpha = 0``, the paper's section 5), or with ``teachers``' soft targets
+        (:class:`SpecialistTargets`)."""
         if not isinstance(train, FrameSet) or not isinstance(dev, FrameSet) or train.labels is None:
             raise ValueError("specialists need the resident frame path with labels (--frames resident)")
         out_dir = Path(out_dir)
@@ -107,8 +137,8 @@ class SpecialistSystem(nn.Module):
             d = out_dir / f"specialist{m}"
             log.info("specialist %d: %d classes, %d of their frames + %d others", m, len(subset), inside,
                      int(selected.sum()) - inside)
-            train_model(model, local_train, local_dev, config, d, loss=CrossEntropyLoss(), keep=keep,
-                        progress=progress)
+            loss = SpecialistTargets(teachers, subset, T, alpha) if alpha > 0 else CrossEntropyLoss()
+            train_model(model, local_train, local_dev, config, d, loss=loss, keep=keep, progress=progress)
             specialists.append(fit_windows(load_model(d / "best.pt", train.device), left, right).eval())
             ratios.append(dustbin_log_prior_ratio(inside / labelled, inside / max(1, int(selected.sum()))))
         return cls(generalist, specialists, subsets, ratios, top_n)

@@ -26,7 +26,7 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
     for table 1's students and baselines alike, which then differ only in their targets; ``seeds``: how many
     seeds table 1 trains each of them with; ``stream_right``: the streaming students' right contexts; ``small_fraction``: the small student's share of a teacher's
     parameters; ``specialists``: settings of the ``specialists`` experiment (``generalist``, ``num_specialists``,
-    ``specialist_overlap``, ``specialist_epochs``, ``specialist_top_n``).  Under
+    ``specialist_overlap``, ``specialist_epochs``, ``specialist_alpha``, ``specialist_top_n``).  Under
     ``torchrun`` every system is trained data-parallel by all ranks; rank 0 alone decodes and writes the results.
     ``frames``: the frame path; ``scorer_options``: the :class:`~asr_distill.decode.scorer.Scorer`'s.
     """
