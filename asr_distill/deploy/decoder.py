@@ -5,15 +5,17 @@ transcriber use it alike.  Light on purpose (numpy, kaldifst, kaldi-decoder).
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List
+import json
+from pathlib import Path
+from typing import Dict, Iterable, List, Tuple
 
 import kaldi_decoder
 import kaldifst
 import numpy as np
 
-from ..fst import add_word_penalty
+from ..fst import add_word_penalty, invert_symbols, read_symbols, read_tid2pdf
 
-__all__ = ["HclgDecoder", "SKIP_WORDS", "words_of"]
+__all__ = ["HclgDecoder", "SKIP_WORDS", "words_of", "open_model_dir"]
 
 SKIP_WORDS = ("<eps>", "<s>", "</s>", "#0")
 
@@ -61,7 +63,7 @@ class HclgDecoder:
         self.start()
         for piece in pieces:
             self.advance(piece)
-        return self.best_words() if self.frames_decoded else []
+        return self.best_words()
 
     def start(self) -> None:
         """Begin an utterance whose frames :meth:`advance` then gives piece by piece (a stream)."""
@@ -94,3 +96,17 @@ class HclgDecoder:
         scores = np.ascontiguousarray(loglikes[:, self.columns], dtype=np.float32)
         scores *= np.float32(self.scale)
         return scores
+
+
+def open_model_dir(model_dir) -> Tuple[dict, HclgDecoder, Dict[int, str]]:
+    """An exported model directory's card, its decoder (HCLG, transition-id map, the card's decoding settings) and
+    word symbols; a directory without a card is named as not being one."""
+    model_dir = Path(model_dir)
+    card_path = model_dir / "model_card.json"
+    if not card_path.is_file():
+        raise FileNotFoundError(f"{card_path}: missing (is {model_dir} a model directory written by "
+                                f"'asr-distill export'?)")
+    card = json.loads(card_path.read_text())
+    decoder = HclgDecoder.from_settings(model_dir / "HCLG.fst", read_tid2pdf(model_dir / "tid2pdf.txt"),
+                                        card["decoding"])
+    return card, decoder, invert_symbols(read_symbols(model_dir / "words.txt"))

@@ -20,7 +20,6 @@ appear, not which words.  Light on purpose: numpy, onnxruntime, kaldi-decoder, k
 """
 from __future__ import annotations
 
-import json
 from collections import deque
 from pathlib import Path
 from typing import Callable, Deque, Iterable, List, Optional
@@ -28,19 +27,21 @@ from typing import Callable, Deque, Iterable, List, Optional
 import numpy as np
 import onnxruntime as ort
 
-from ..fst import invert_symbols, read_symbols, read_tid2pdf
-from .decoder import HclgDecoder, words_of
+from .decoder import open_model_dir, words_of
 
-__all__ = ["StreamingRecognizer", "OnlineNormaliser", "STREAMABLE_CMVN", "recognize_stream"]
+__all__ = ["StreamingRecognizer", "OnlineNormaliser", "STREAMABLE_CMVN", "recognize_stream", "onnx_session"]
 
 STREAMABLE_CMVN = ("online", "global")
 FRAME_SHIFT, FRAME_LENGTH = 160, 400  # samples at 16 kHz: the front end's (the model card's features)
 
 
-def _session(path: Path, num_threads: int) -> ort.InferenceSession:
+def onnx_session(path: Path, num_threads: int, memory_arena: bool = True) -> ort.InferenceSession:
+    """A CPU onnxruntime session with ``num_threads`` intra-op threads; ``memory_arena=False`` for whole
+    recordings (the arena would keep the largest piece's buffers for the session's life)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = num_threads
     opts.inter_op_num_threads = 1
+    opts.enable_cpu_mem_arena = memory_arena
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -81,11 +82,8 @@ class StreamingRecognizer:
 
     def __init__(self, model_dir, use_int8: bool = False, num_threads: int = 1):
         model_dir = Path(model_dir)
-        card_path = model_dir / "model_card.json"
-        if not card_path.is_file():
-            raise FileNotFoundError(f"{card_path}: missing (is {model_dir} a model directory written by "
-                                    f"'asr-distill export'?)")
-        self.card = card = json.loads(card_path.read_text())
+        card, self.decoder, self.id2word = open_model_dir(model_dir)
+        self.card = card
         files = card.get("files", {})
         if "frontend" not in files or "cmvn_stats" not in card:
             raise ValueError(f"{model_dir} was exported without the streaming parts (frontend.onnx, network.onnx): "
@@ -95,14 +93,11 @@ class StreamingRecognizer:
                                 int(card.get("cmvn_window", 600)), int(card.get("cmvn_prior_frames", 200)))
         OnlineNormaliser(*self.normaliser_args)  # refuses a mode that cannot stream, before anything loads
         self.left, self.right = int(card["context"]["left"]), int(card["context"]["right"])
-        self.frontend = _session(model_dir / files["frontend"], num_threads)
+        self.frontend = onnx_session(model_dir / files["frontend"], num_threads)
         network = files.get("network_int8") if use_int8 else files["network"]
         if network is None:
             raise FileNotFoundError(f"{model_dir}: no int8 network (exported with --no-int8)")
-        self.network = _session(model_dir / network, num_threads)
-        tid2pdf = read_tid2pdf(model_dir / "tid2pdf.txt")
-        self.decoder = HclgDecoder.from_settings(model_dir / "HCLG.fst", tid2pdf, card["decoding"])
-        self.id2word = invert_symbols(read_symbols(model_dir / "words.txt"))
+        self.network = onnx_session(model_dir / network, num_threads)
         self.reset()
 
     def reset(self) -> None:

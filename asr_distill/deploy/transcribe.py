@@ -24,18 +24,15 @@ interpolator in numpy), several channels averaged to mono.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
-import onnxruntime as ort
 
-from ..fst import invert_symbols, read_symbols, read_tid2pdf
 from .audio import SAMPLE_RATE, AudioFile, load_audio, pcm_stream, resample
-from .decoder import HclgDecoder, words_of
-from .streaming import StreamingRecognizer, recognize_stream
+from .decoder import open_model_dir, words_of
+from .streaming import StreamingRecognizer, onnx_session, recognize_stream
 
 __all__ = ["load_audio", "resample", "AudioFile", "AcousticModel", "iter_loglikes", "chunked_loglikes", "Transcriber",
            "stream_chunks", "transcribe", "main"]
@@ -53,12 +50,7 @@ class AcousticModel:
         self.backend = backend
         if backend == "onnx":
             path = model_dir / ("model.int8.onnx" if use_int8 else "model.onnx")
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = num_threads
-            opts.inter_op_num_threads = 1
-            # no memory arena: it keeps the largest piece's buffers for the session's life
-            opts.enable_cpu_mem_arena = False
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = onnx_session(path, num_threads, memory_arena=False)  # whole recordings: no arena
             self.input_name = self.session.get_inputs()[0].name
         elif backend == "torchscript":
             if use_int8:
@@ -120,25 +112,16 @@ class Transcriber:
     def __init__(self, model_dir, use_int8: bool = False, backend: str = "onnx", num_threads: int = 1,
                  max_duration: Optional[float] = None):
         self.model_dir = Path(model_dir)
-        card_path = self.model_dir / "model_card.json"
-        if not card_path.is_file():
-            raise FileNotFoundError(f"{card_path}: missing (is {model_dir} a model directory written by "
-                                    f"'asr-distill export'?)")
-        self.card = json.loads(card_path.read_text())
+        self.card, self.decoder, self.id2word = open_model_dir(self.model_dir)
         self.sample_rate = int(self.card.get("input", {}).get("sample_rate", SAMPLE_RATE))
         self.max_duration = max_duration
         self.model = AcousticModel(self.model_dir, use_int8, backend, num_threads)
-        tid2pdf = read_tid2pdf(self.model_dir / "tid2pdf.txt")
-        self.decoder = HclgDecoder.from_settings(self.model_dir / "HCLG.fst", tid2pdf, self.card["decoding"])
-        self.id2word = invert_symbols(read_symbols(self.model_dir / "words.txt"))
 
     def loglike_pieces(self, path) -> Iterator[np.ndarray]:
         """The recording's pseudo log-likelihoods, piece after piece."""
         audio = AudioFile(path, self.sample_rate)
         try:
-            if self.max_duration is not None and audio.duration > self.max_duration:
-                raise ValueError(f"{audio.duration:.1f} s of audio is longer than --max-duration "
-                                 f"{self.max_duration:g} s")
+            check_duration(audio, self.max_duration)
             cmvn = self.card.get("cmvn")
             if cmvn not in ("global", "sliding"):  # per-utterance statistics need the whole recording at once
                 yield self.model(audio[0:len(audio)])
@@ -158,6 +141,11 @@ class Transcriber:
         return words_of(self.decoder.decode_pieces(self.loglike_pieces(path)), self.id2word)
 
 
+def check_duration(audio: AudioFile, max_duration: Optional[float]) -> None:
+    if max_duration is not None and audio.duration > max_duration:
+        raise ValueError(f"{audio.duration:.1f} s of audio is longer than --max-duration {max_duration:g} s")
+
+
 def stream_chunks(path, chunk_samples: int, max_duration: Optional[float] = None,
                   stdin=None) -> Iterator[np.ndarray]:
     """A file's audio in pieces of ``chunk_samples`` (16 kHz mono), read as they are needed; ``-``: standard
@@ -167,8 +155,7 @@ def stream_chunks(path, chunk_samples: int, max_duration: Optional[float] = None
         return
     audio = AudioFile(path, SAMPLE_RATE)
     try:
-        if max_duration is not None and audio.duration > max_duration:
-            raise ValueError(f"{audio.duration:.1f} s of audio is longer than --max-duration {max_duration:g} s")
+        check_duration(audio, max_duration)
         for a in range(0, len(audio), chunk_samples):
             yield audio[a:a + chunk_samples]
     finally:

@@ -120,16 +120,16 @@ class SpecialistSystem(nn.Module):
                         "overlap": overlap}, subsets_path)
         num_classes = int(generalist.config["num_pdfs"])
         labelled = int((train.labels >= 0).sum())
+        offsets = train.offsets.numpy()
+        position = {u: i for i, u in enumerate(train.utt_index or range(len(train.utt_ids)))}
         specialists, ratios = [], []
         for m, subset in enumerate(subsets):
             local_train, mask = _local_frames(train, subset, num_classes, config.seed + m, drop_unselected=False)
             local_dev, _ = _local_frames(dev, subset, num_classes, config.seed + m, drop_unselected=True)
             inside = int(((local_train.labels >= 0) & (local_train.labels != len(subset))).sum())
             selected = mask.cpu().numpy()
-            offsets = train.offsets.numpy()
-            position = {u: i for i, u in enumerate(train.utt_index or range(len(train.utt_ids)))}
 
-            def keep(utt_index, n, selected=selected, offsets=offsets, position=position):
+            def keep(utt_index, n, selected=selected):
                 i = position[utt_index]
                 return selected[offsets[i]:offsets[i + 1]]
 
