@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 EXP    ?= exp/an4_slice
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test clean k2
 
 $(BIN)/asr-distill: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q tests
+
+# optional: k2 (the --decoder k2 backend, sequence-level distillation), built offline from ../shared/vendor/k2
+k2: venv
+	PYTHON=$(BIN)/python tools/build_k2.sh
 
 clean:
 	rm -rf $(VENV) exp

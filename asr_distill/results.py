@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional
 from .utils import Pathlike, read_json, write_json
 
 __all__ = ["update_results", "update_experiment", "load_results", "format_table", "format_table1", "format_streaming",
-           "format_specialists", "KINDS",
+           "format_specialists", "format_sequence", "KINDS",
            "choose_deployable", "DEPLOY_MARGIN"]
 
 KINDS = ("gmm", "teacher", "ensemble", "baseline", "student", "specialists")
@@ -59,7 +59,19 @@ def format_table(results: Dict[str, Any]) -> str:
         lines += ["", *format_streaming(experiments["streaming"])]
     if experiments.get("specialists"):
         lines += ["", *format_specialists(experiments["specialists"])]
+    if experiments.get("sequence"):
+        lines += ["", *format_sequence(experiments["sequence"])]
     return "\n".join(lines)
+
+
+def format_sequence(table: Dict[str, Any]) -> List[str]:
+    """The frame-level student before and after sequence-level distillation."""
+    rows = [["system", "test frame acc %", "dev frame acc %", "test WER %", "dev WER %"],
+            [table["sequence_from"], *(_fmt(table[f"start_{k}"]) for k in ("frame_acc", "dev_frame_acc", "wer",
+                                                                           "dev_wer"))],
+            [table["name"], *(_fmt(table[k]) for k in ("frame_acc", "dev_frame_acc", "wer", "dev_wer"))]]
+    return [f"Sequence-level distillation ({table['sequence_epochs']} epoch(s), best {table['best_epoch']}, "
+            f"frame weight {table['frame_weight']:g})", *_markdown(rows)]
 
 
 def format_streaming(rows: List[Dict[str, Any]]) -> List[str]:

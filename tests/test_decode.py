@@ -197,3 +197,16 @@ def test_oov_rate_is_reported_with_every_wer(built):
         assert built.gmm_row[key] == pytest.approx(expected, abs=0.01)
     table = format_table(load_results(exp.dir))
     assert f"test {built.gmm_row['oov_rate']:.2f}%" in table.splitlines()[1]
+
+
+def test_k2_decoder_without_k2_says_how_to_get_it(monkeypatch):
+    """--decoder k2 where k2 does not import: an error that says how to get it, before any work."""
+    import asr_distill.decode.k2_decoding as k2_decoding
+    from asr_distill.decode.backend import BACKENDS, K2NotInstalled, get_backend
+
+    monkeypatch.setattr(k2_decoding, "k2", None)
+    monkeypatch.delitem(BACKENDS, "k2", raising=False)
+    with pytest.raises(K2NotInstalled, match="build_k2.sh"):
+        get_backend("k2")
+    with pytest.raises(ValueError, match="unknown decoding backend"):
+        get_backend("k3")

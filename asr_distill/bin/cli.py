@@ -19,6 +19,7 @@ import time
 import click
 
 from ..data import CORPORA, CorpusError, FrameArrayError
+from ..decode.backend import DECODERS, K2NotInstalled, get_backend
 from ..decode.scorer import TUNERS
 from ..deploy.export import export_model
 from ..deploy.measure import measure_model_dir
@@ -49,7 +50,8 @@ def cli(verbose: bool) -> None:
 
 
 # Errors whose message names the file, utterance or stage at fault: shown as such, not as a traceback.
-USER_ERRORS = (FileNotFoundError, CorpusError, LexiconError, CheckpointError, FrameArrayError, AlignmentError)
+USER_ERRORS = (FileNotFoundError, CorpusError, LexiconError, CheckpointError, FrameArrayError, AlignmentError,
+               K2NotInstalled)
 # Options that change how a stage runs, not what it makes: a finished stage is not redone for them.
 RUN_OPTIONS = {"jobs", "device", "frames"}
 
@@ -206,6 +208,12 @@ _dev_tuning_option = click.option(
          "(every point)")
 
 
+_decoder_option = click.option(
+    "--decoder", type=click.Choice(DECODERS), default="kaldi-decoder", show_default=True,
+    help="decoding backend: kaldi-decoder (FasterDecoder, one utterance per process) or k2 (batched "
+         "intersect_dense_pruned; needs k2: tools/build_k2.sh)")
+
+
 def _score_systems(ctx, param, value: str):
     if value == "all":
         return None
@@ -237,10 +245,11 @@ def _score_systems(ctx, param, value: str):
               help="comma-separated systems to decode and score (the others only train and align, as the chain "
                    "needs; a SAT system's first pass then decodes at Kaldi's 0.0833 scale)")
 @_dev_tuning_option
+@_decoder_option
 @click.option("--jobs", default=2, show_default=True, help="decoding processes")
 @stage_command("gmm")
 def gmm(exp, systems, num_iters, total_gauss, num_leaves, tri_gauss, tree_min_gain, mono_subset, max_align_failures,
-        score_systems, dev_tuning, jobs):
+        score_systems, dev_tuning, decoder, jobs):
     """Stage 3: the GMM-HMM chain (mono -> tri1 -> tri2 -> tri3), each decoded (scale tuned on dev); the last
     system's forced alignments of train/dev/test label the DNNs' frames."""
     # a forced redo (the stage finished before) retrains; an interrupted run reuses finished systems
@@ -248,7 +257,7 @@ def gmm(exp, systems, num_iters, total_gauss, num_leaves, tri_gauss, tree_min_ga
                      tri_gauss=tri_gauss, tree_min_gain=tree_min_gain, jobs=jobs, reuse_trained=not exp.done("gmm"),
                      mono_subset=mono_subset, max_align_failures=max_align_failures,
                      score_systems=score_systems,
-                     scorer_options={"tuning": dev_tuning})
+                     scorer_options={"tuning": dev_tuning, "decoder": decoder})
 
 
 _frames_option = click.option(
@@ -316,10 +325,11 @@ def train_teachers(exp, num_teachers, archs, left_context, right_context, hidden
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @_frames_option
 @_dev_tuning_option
+@_decoder_option
 @stage_command("evaluate")
-def evaluate(exp, jobs, device, frames, dev_tuning):
+def evaluate(exp, jobs, device, frames, dev_tuning, decoder):
     """Stage 5: decode and score each teacher and the ensemble (arithmetic and geometric means)."""
-    return stage_evaluate(exp, jobs, device, frames=frames, scorer_options={"tuning": dev_tuning})
+    return stage_evaluate(exp, jobs, device, frames=frames, scorer_options={"tuning": dev_tuning, "decoder": decoder})
 
 
 @cli.command()
@@ -331,7 +341,8 @@ def evaluate(exp, jobs, device, frames, dev_tuning):
               help="teachers on the fly, top-k soft targets cached on disk, or both (compared)")
 @click.option("--topk", default=16, show_default=True)
 @click.option("--experiments", default="table1,small", show_default=True,
-              help="comma-separated: select, table1, table5, sweep, compression, small, specialists, streaming "
+              help="comma-separated: select, table1, table5, sweep, compression, small, specialists, streaming, "
+                   "sequence (k2) "
                    "(select runs "
                    "first and sets T, alpha and the student recipe of the others, on DEV frame accuracy; small: the "
                    "deployable student, --small-fraction of a teacher's parameters)")
@@ -354,6 +365,12 @@ def evaluate(exp, jobs, device, frames, dev_tuning):
               help="specialists: active for a frame when their subset holds one of the generalist's top n classes")
 @click.option("--stream-right", default="2", show_default=True,
               help="streaming: comma-separated right contexts (frames) of the streaming students")
+@click.option("--sequence-from", default="student", show_default=True,
+              help="sequence: the frame-level system fine-tuned with the sequence-level KL (needs k2)")
+@click.option("--sequence-epochs", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--sequence-lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True)
+@click.option("--sequence-frame-weight", type=click.FloatRange(min=0), default=0.1, show_default=True,
+              help="sequence: weight of the frame-level term (the ensemble's posteriors)")
 @click.option("--noise-std", type=float, default=0.0, show_default=True,
               help="students and baselines: Gaussian noise on the input windows (which the live teachers label) "
                    "[0: the teachers']")
@@ -363,12 +380,13 @@ def evaluate(exp, jobs, device, frames, dev_tuning):
 @click.option("--select-candidates", default=None,
               help="for --experiments select: comma-separated T:alpha[:epochs[:noise_std[:freq_mask]]] "
                    "[default: 3 (T, alpha) pairs x 3 recipes]")
+@_decoder_option
 @_train_options(inherit=True)
 @stage_command("distill", distributed=True)
 def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experiments, small_fraction, seeds,
             student_epochs, generalist, num_specialists, specialist_overlap, specialist_epochs, specialist_alpha,
-            specialist_top_n,
-            stream_right, noise_std, freq_mask, select_candidates, device, frames, epochs, batch_size, lr,
+            specialist_top_n, sequence_from, sequence_epochs, sequence_lr, sequence_frame_weight,
+            stream_right, noise_std, freq_mask, select_candidates, decoder, device, frames, epochs, batch_size, lr,
             weight_decay, patience):
     """Stage 6: hard-label baseline and distilled student(s), same recipe and seeds; optional paper experiments."""
     names = [e.strip() for e in experiments.split(",") if e.strip()]
@@ -391,9 +409,12 @@ def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experimen
                         _train_config(epochs, batch_size, lr, weight_decay, patience),
                         recipe_overrides(student_epochs, noise_std, freq_mask), candidates, frames=frames,
                         seeds=seeds, stream_right=rights, small_fraction=small_fraction,
+                        scorer_options={"decoder": decoder},
                         specialists=dict(generalist=generalist, num_specialists=num_specialists,
                                          specialist_overlap=specialist_overlap, specialist_epochs=specialist_epochs,
-                                         specialist_alpha=specialist_alpha, specialist_top_n=specialist_top_n))
+                                         specialist_alpha=specialist_alpha, specialist_top_n=specialist_top_n,
+                                         sequence_from=sequence_from, sequence_epochs=sequence_epochs,
+                                         sequence_lr=sequence_lr, sequence_frame_weight=sequence_frame_weight))
     return {"experiments": list(out)}
 
 
@@ -424,16 +445,19 @@ def results(exp_dir):
 @click.option("--right-context", type=int, default=None)
 @click.option("--measure/--no-measure", default=True, show_default=True,
               help="decode the experiment's dev and test sets with the exported model; WERs go into the model card")
-def export(exp_dir, system, margin, out_dir, cmvn, no_int8, left_context, right_context, measure):
+@_decoder_option
+def export(exp_dir, system, margin, out_dir, cmvn, no_int8, left_context, right_context, measure, decoder):
     """Export a system as a self-contained model directory (TorchScript + ONNX + int8 ONNX, HCLG, model card)."""
     extra = None
     try:
+        if measure:
+            get_backend(decoder)  # k2 missing: said before the export, not after it
         if system == "auto":
             extra = {"deployment_choice": choose_deployable(load_results(exp_dir), margin)}
             system = extra["deployment_choice"]["system"]
             click.echo(f"export: chose {system} ({json.dumps(extra['deployment_choice'])})", err=True)
         ckpt = Experiment(exp_dir).system_checkpoint(system)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, K2NotInstalled) as e:
         raise click.ClickException(str(e))
     try:
         card = export_model(exp_dir, ckpt, out_dir, system=system, cmvn=cmvn, int8=not no_int8, left=left_context,
@@ -442,7 +466,7 @@ def export(exp_dir, system, margin, out_dir, cmvn, no_int8, left_context, right_
         raise click.ClickException(str(e))
     if measure:
         for split in ("dev", "test"):
-            card["wer"].update(measure_model_dir(exp_dir, out_dir, split))
+            card["wer"].update(measure_model_dir(exp_dir, out_dir, split, decoder=decoder))
     click.echo(json.dumps({"out_dir": out_dir, "sizes_mb": card["sizes_mb"], "wer": card["wer"]}, indent=2))
 
 
@@ -460,11 +484,12 @@ def export(exp_dir, system, margin, out_dir, cmvn, no_int8, left_context, right_
               help="with --stream: the chunk length")
 @click.option("--partial", is_flag=True, help="with --stream: partial hypotheses on stderr")
 @click.argument("audio", nargs=-1, required=True)
-def transcribe(model_dir, int8, backend, num_threads, max_duration, stream, chunk_ms, partial, audio):
+@_decoder_option
+def transcribe(model_dir, int8, backend, num_threads, max_duration, stream, chunk_ms, partial, decoder, audio):
     """Print 'utt-id<TAB>words' for each AUDIO file (any rate; wav/flac/sph); exit 1 if any file failed.  Long
     recordings are read, run and decoded piece by piece: memory does not grow with their length."""
     args = ["--model-dir", model_dir, "--backend", backend, "--num-threads", str(num_threads),
-            "--chunk-ms", str(chunk_ms)]
+            "--chunk-ms", str(chunk_ms), "--decoder", decoder]
     if max_duration is not None:
         args += ["--max-duration", str(max_duration)]
     flags = (["--int8"] if int8 else []) + (["--stream"] if stream else []) + (["--partial"] if partial else [])

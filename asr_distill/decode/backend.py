@@ -3,7 +3,9 @@
 Any acoustic model enters as a ``(frames, num_pdfs)`` matrix of log-likelihoods: for a DNN the log-posteriors
 minus the log-priors (Bourlard & Morgan's pseudo-likelihoods), for the GMM its own log-likelihoods.  Backends sit
 behind :class:`DecodingBackend` (one method); the default is kaldi-decoder's ``FasterDecoder``
-(:class:`asr_distill.deploy.decoder.HclgDecoder`).  A k2 backend can join by registering in :data:`BACKENDS`.
+(:class:`asr_distill.deploy.decoder.HclgDecoder`), one utterance per call in a pool of processes; ``k2``
+(:mod:`asr_distill.decode.k2_decoding`, optional) decodes batches of utterances at once (``decode_many``), on the
+GPU where there is one.
 """
 from __future__ import annotations
 
@@ -20,7 +22,12 @@ from tqdm import tqdm
 from ..deploy.decoder import HclgDecoder
 from ..utils import Pathlike
 
-__all__ = ["DecodingConfig", "DecodingBackend", "KaldiDecoderBackend", "BACKENDS", "decode_loglikes"]
+__all__ = ["DecodingConfig", "DecodingBackend", "KaldiDecoderBackend", "BACKENDS", "DECODERS", "get_backend",
+           "decode_loglikes", "K2NotInstalled"]
+
+
+class K2NotInstalled(ImportError):
+    """``--decoder k2`` (or a k2 feature) where k2 does not import."""
 
 
 @dataclass
@@ -55,6 +62,18 @@ class KaldiDecoderBackend(DecodingBackend):
 
 BACKENDS: Dict[str, Callable[[Pathlike, np.ndarray, DecodingConfig], DecodingBackend]] = {
     "kaldi-decoder": KaldiDecoderBackend}
+# every --decoder choice; k2 registers itself in BACKENDS when its module is imported (k2 is optional)
+DECODERS = ("kaldi-decoder", "k2")
+
+
+def get_backend(name: str) -> Callable[[Pathlike, np.ndarray, DecodingConfig], DecodingBackend]:
+    """The backend class called ``name`` (importing the optional k2 one on first use)."""
+    if name == "k2" and name not in BACKENDS:
+        from . import k2_decoding  # noqa: F401  (registers "k2"; raises a clear error without k2)
+        k2_decoding.require_k2()
+    if name not in BACKENDS:
+        raise ValueError(f"unknown decoding backend {name!r}; one of {', '.join(DECODERS)}")
+    return BACKENDS[name]
 
 # Per-process decoder state for the worker pool (an FST and a decoder cannot be pickled, so each worker builds its
 # own once and reuses it for every utterance it is sent).
@@ -63,9 +82,7 @@ _worker: Dict[str, DecodingBackend] = {}
 
 def _init_worker(hclg_path: str, config: DecodingConfig, tid2pdf: np.ndarray) -> None:
     torch.set_num_threads(1)
-    if config.backend not in BACKENDS:
-        raise ValueError(f"unknown decoding backend {config.backend!r}; one of {', '.join(BACKENDS)}")
-    _worker["backend"] = BACKENDS[config.backend](hclg_path, tid2pdf, config)
+    _worker["backend"] = get_backend(config.backend)(hclg_path, tid2pdf, config)
 
 
 def _decode_one(item: Tuple[str, np.ndarray]) -> Tuple[str, List[int]]:
@@ -92,11 +109,27 @@ def decode_loglikes(hclg_path: Pathlike, tid2pdf: np.ndarray, loglikes: Mapping[
     """
     items = list(loglikes.items())
     tid2pdf = np.asarray(tid2pdf, dtype=np.int64)
+    backend_class = get_backend(config.backend)
+    if hasattr(backend_class, "decode_many"):  # batched in this process (k2)
+        return _batched_backend(str(hclg_path), tid2pdf, config).decode_many(loglikes)
     bar = (lambda it: tqdm(it, total=len(items), desc="decoding", leave=False)) if progress else (lambda it: it)
     if jobs <= 1 or len(items) < 8:
         _init_worker(str(hclg_path), config, tid2pdf)
         return dict(bar(map(_decode_one, items)))
     return run_pool(_init_worker, (str(hclg_path), config, tid2pdf), _decode_one, _decode_forked, loglikes, jobs, bar)
+
+
+# The batched backend of the last call: a tuning grid decodes dev many times over the same graph, and converting
+# or loading it each time would cost more than the decode.
+_batched: Dict[str, object] = {}
+
+
+def _batched_backend(hclg_path: str, tid2pdf: np.ndarray, config: DecodingConfig) -> DecodingBackend:
+    key = (hclg_path, os.stat(hclg_path).st_mtime_ns, tid2pdf.tobytes(), config)
+    if _batched.get("key") != key:
+        _batched.clear()
+        _batched.update(key=key, backend=get_backend(config.backend)(hclg_path, tid2pdf, config))
+    return _batched["backend"]
 
 
 def run_pool(init, initargs, by_item, by_id, inputs: Mapping[str, np.ndarray], jobs: int, bar=lambda it: it) -> dict:

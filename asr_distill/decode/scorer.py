@@ -21,7 +21,7 @@ from ..fst import invert_symbols, read_symbols, read_tid2pdf
 from ..lang.lang_dir import decoding_vocabulary
 from ..results import update_results
 from ..utils import atomic_write_text, write_json
-from .backend import DecodingConfig, decode_loglikes
+from .backend import DecodingConfig, decode_loglikes, get_backend
 from .priors import pseudo_loglikes
 from .scoring import WerResult, compute_wer, words_of
 from .lattice import tune_by_rescoring
@@ -63,9 +63,10 @@ class Scorer:
     def __init__(self, exp: "Experiment", jobs: int = 2, beam: float = 13.0, splits: Sequence[str] = ("dev", "test"),
                  scales: Sequence[float] = DNN_SCALES, penalties: Sequence[float] = WORD_PENALTIES,
                  graph_dir: Optional[Path] = None, labels: Optional[Mapping[str, Mapping[str, np.ndarray]]] = None,
-                 log_priors: Optional[np.ndarray] = None, tuning: str = "search"):
+                 log_priors: Optional[np.ndarray] = None, tuning: str = "search", decoder: str = "kaldi-decoder"):
         """``graph_dir`` / ``labels`` / ``log_priors``: another system's graph, frame labels and priors than the
-        experiment's targets (each GMM system of the bootstrap is scored with its own)."""
+        experiment's targets (each GMM system of the bootstrap is scored with its own); ``decoder``: the decoding
+        backend (:data:`asr_distill.decode.backend.DECODERS`)."""
         if tuning not in TUNERS:
             raise ValueError(f"tuning must be one of {TUNERS}, not {tuning!r}")
         self.exp, self.jobs, self.tuning = exp, jobs, tuning
@@ -74,7 +75,8 @@ class Scorer:
         self.hclg = graph_dir / "HCLG.fst"
         self.tid2pdf = read_tid2pdf(graph_dir / "tid2pdf.txt")
         self.id2word = invert_symbols(read_symbols(graph_dir / "words.txt"))
-        self.config = DecodingConfig(beam=beam)
+        get_backend(decoder)  # an unknown name, or k2 missing, stops here rather than after the model has run
+        self.config = DecodingConfig(beam=beam, backend=decoder)
         self.log_priors = exp.log_priors() if log_priors is None else log_priors
         self.refs = {s: {u: t.split() for u, t in exp.texts(s).items()} for s in splits}
         # the reference words the decoder cannot output (not in the LM): a floor under every system's WER
@@ -125,7 +127,8 @@ class Scorer:
                "word_penalty": cfg.word_penalty,
                **{("oov_rate" if s == "test" else f"{s}_oov_rate"): r for s, r in self.oov_rates.items()},
                **(extra or {})}
-        write_json({**row, "dev_wers": dev_wers, "test": wer.as_dict(), "decode_seconds": time.time() - t0},
+        write_json({**row, "dev_wers": dev_wers, "test": wer.as_dict(), "decode_seconds": time.time() - t0,
+                    "decoder": cfg.backend},
                    out / "wer.json")
         update_results(self.exp.dir, self.exp.corpus, row)
         log.info("%s: test %s, test frame acc %.2f%%, dev WER %.2f%% (%s)", name, wer, row["frame_acc"],

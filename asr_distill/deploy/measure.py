@@ -70,7 +70,8 @@ def decode_wer(exp_dir: Pathlike, loglikes: Dict[str, np.ndarray], acoustic_scal
     return scorer.decode(split, loglikes, cfg, bootstrap=0)
 
 
-def measure_model_dir(exp_dir: Pathlike, model_dir: Pathlike, split: str = "test", update: bool = True) -> dict:
+def measure_model_dir(exp_dir: Pathlike, model_dir: Pathlike, split: str = "test", update: bool = True,
+                      decoder: str = "kaldi-decoder") -> dict:
     """WER of the exported directory on the experiment's ``split`` through :func:`asr_distill.deploy.transcribe.
     transcribe` (fp32 ONNX and, when present, int8 ONNX); merged into the model card under ``wer`` when
     ``update``."""
@@ -81,12 +82,13 @@ def measure_model_dir(exp_dir: Pathlike, model_dir: Pathlike, split: str = "test
     for tag, int8 in (("fp32", False), ("int8", True)):
         if int8 and not (Path(model_dir) / "model.int8.onnx").exists():
             continue
-        hyps, failed = transcribe(model_dir, paths, use_int8=int8, out=io.StringIO())
+        hyps, failed = transcribe(model_dir, paths, use_int8=int8, out=io.StringIO(), decoder=decoder)
         if failed:
             raise RuntimeError(f"{len(failed)} file(s) failed: {failed[:3]}")
         wer = compute_wer(refs, hyps, bootstrap_replications=0)
-        result[f"{split}_wer_{tag}"] = round(wer.wer, 2)
-        result[f"{split}_errors_{tag}"] = f"{wer.errors}/{wer.ref_words}"
+        suffix = tag if decoder == "kaldi-decoder" else f"{tag}_{decoder}"
+        result[f"{split}_wer_{suffix}"] = round(wer.wer, 2)
+        result[f"{split}_errors_{suffix}"] = f"{wer.errors}/{wer.ref_words}"
     if update:
         update_card(model_dir, {"wer": result})
     return result

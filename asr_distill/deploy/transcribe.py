@@ -110,9 +110,19 @@ class Transcriber:
     CHUNK_FRAMES = 6_000
 
     def __init__(self, model_dir, use_int8: bool = False, backend: str = "onnx", num_threads: int = 1,
-                 max_duration: Optional[float] = None):
+                 max_duration: Optional[float] = None, decoder: str = "kaldi-decoder"):
         self.model_dir = Path(model_dir)
         self.card, self.decoder, self.id2word = open_model_dir(self.model_dir)
+        self.k2 = None
+        if decoder == "k2":  # decodes a whole recording at once (no piece-by-piece search)
+            from ..decode.backend import DecodingConfig, get_backend
+            from ..fst import read_tid2pdf
+            keys = ("acoustic_scale", "word_penalty", "beam", "max_active", "min_active")
+            config = DecodingConfig(backend="k2", **{k: v for k, v in self.card["decoding"].items() if k in keys})
+            self.k2 = get_backend("k2")(self.model_dir / "HCLG.fst", read_tid2pdf(self.model_dir / "tid2pdf.txt"),
+                                        config)
+        elif decoder != "kaldi-decoder":
+            raise ValueError(f"decoder must be kaldi-decoder or k2, not {decoder!r}")
         self.sample_rate = int(self.card.get("input", {}).get("sample_rate", SAMPLE_RATE))
         self.max_duration = max_duration
         self.model = AcousticModel(self.model_dir, use_int8, backend, num_threads)
@@ -138,6 +148,8 @@ class Transcriber:
         return np.concatenate(list(self.loglike_pieces(path)))
 
     def __call__(self, path) -> List[str]:
+        if self.k2 is not None:
+            return words_of(self.k2.decode(self.loglikes(path)), self.id2word)
         return words_of(self.decoder.decode_pieces(self.loglike_pieces(path)), self.id2word)
 
 
@@ -165,7 +177,7 @@ def stream_chunks(path, chunk_samples: int, max_duration: Optional[float] = None
 def transcribe(model_dir, audio_paths: Sequence, use_int8: bool = False, backend: str = "onnx",
                out: Optional[TextIO] = None, err: Optional[TextIO] = None,
                num_threads: int = 1, max_duration: Optional[float] = None, stream: bool = False,
-               chunk_ms: float = 100.0, partial: bool = False
+               chunk_ms: float = 100.0, partial: bool = False, decoder: str = "kaldi-decoder"
                ) -> Tuple[Dict[str, List[str]], List[Tuple[str, str]]]:
     """Transcribe each file, printing ``utt-id<TAB>words`` to ``out`` (stdout) as it goes; ``stream``: through
     the :class:`~asr_distill.deploy.streaming.StreamingRecognizer` in chunks of ``chunk_ms``, with the partial
@@ -178,10 +190,12 @@ def transcribe(model_dir, audio_paths: Sequence, use_int8: bool = False, backend
     if stream:
         if backend != "onnx":
             raise ValueError("--stream runs the ONNX parts (frontend.onnx, network.onnx): use the onnx backend")
+        if decoder != "kaldi-decoder":
+            raise ValueError("--stream advances kaldi-decoder's search chunk by chunk: use --decoder kaldi-decoder")
         rec = StreamingRecognizer(model_dir, use_int8, num_threads)
         chunk = max(1, int(round(chunk_ms * SAMPLE_RATE / 1000)))
     else:
-        tr = Transcriber(model_dir, use_int8, backend, num_threads, max_duration)
+        tr = Transcriber(model_dir, use_int8, backend, num_threads, max_duration, decoder)
     hyps: Dict[str, List[str]] = {}
     failed: List[Tuple[str, str]] = []
     stems = ["stdin" if str(p) == "-" else Path(p).stem for p in audio_paths]
@@ -213,6 +227,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--int8", action="store_true", help="use model.int8.onnx")
     p.add_argument("--backend", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument("--num-threads", type=int, default=1)
+    p.add_argument("--decoder", choices=["kaldi-decoder", "k2"], default="kaldi-decoder",
+                   help="decoding backend (k2: whole recordings at once; needs k2)")
     p.add_argument("--max-duration", type=float, default=None,
                    help="refuse (naming them) recordings longer than this many seconds [default: no limit]")
     p.add_argument("--stream", action="store_true",
@@ -231,8 +247,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         _, failed = transcribe(a.model_dir, a.audio, a.int8, a.backend, num_threads=a.num_threads,
                                max_duration=a.max_duration, stream=a.stream, chunk_ms=a.chunk_ms,
-                               partial=a.partial)
-    except (FileNotFoundError, ValueError) as e:
+                               partial=a.partial, decoder=a.decoder)
+    except (FileNotFoundError, ValueError, ImportError) as e:  # ImportError: --decoder k2 without k2
         print(f"transcribe: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # a damaged model file: onnxruntime / torch / kaldifst raise their own types

@@ -22,6 +22,9 @@
   context (the teachers label their full windows; the student sees its part of them), each against a hard-label
   baseline of the same context and recipe.  ``asr-distill export --cmvn online`` then gives them causal
   normalisation and ``transcribe --stream`` runs them on audio arriving in chunks.
+* ``sequence`` (needs k2): a frame-level student (``sequence_from``, default the student) fine-tuned with the
+  sequence-level KL to the ensemble over the decoding graph's paths (:mod:`asr_distill.distill.sequence`), scored
+  against the student it started from.
 
 Each function takes the :class:`~asr_distill.distill.runner.DistillRunner` and the call's
 :class:`DistillSettings`, writes its table into ``results.json`` (rank 0) and returns it.
@@ -36,11 +39,14 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from ..nnet import parallel
+from ..fst import read_tid2pdf
 from ..nnet.checkpoint import load_model
+from ..nnet.frames import FrameSet
 from ..nnet.inference import log_posteriors
 from ..nnet.models import build_model, count_parameters, fit_windows, model_flops_per_frame
 from ..nnet.train import TrainConfig
 from ..results import update_experiment
+from ..utils import read_json
 from .plots import plot_compression, plot_specialists, plot_sweep
 from .recipes import SELECT_PAIRS, SELECT_RECIPES, hidden_for_params, student_dir
 from .runner import DistillRunner
@@ -71,6 +77,10 @@ class DistillSettings:
     specialist_epochs: int = 10
     specialist_top_n: int = 5  # a specialist is active when its subset holds one of the generalist's top n
     specialist_alpha: float = 0.0  # > 0: specialists learn from the teachers' soft targets at T (0: hard labels)
+    sequence_from: str = "student"  # sequence: the frame-level system fine-tuned
+    sequence_epochs: int = 2
+    sequence_lr: float = 1e-4
+    sequence_frame_weight: float = 0.1
 
 
 def run_select(run: DistillRunner, s: DistillSettings) -> dict:
@@ -301,11 +311,43 @@ def run_specialists(run: DistillRunner, s: DistillSettings) -> dict:
     return table
 
 
+def run_sequence(run: DistillRunner, s: DistillSettings) -> dict:
+    from .sequence import SequenceConfig, SequenceDistiller  # needs k2: imported only when asked for
+    if parallel.is_distributed():
+        raise ValueError("sequence: run stage 6 in one process")
+    if not isinstance(run.frames["train"], FrameSet):
+        raise ValueError("sequence: needs the training frames resident (--frames resident)")
+    start = run.exp.decode_dir(s.sequence_from) / "wer.json"
+    if not start.exists():
+        raise FileNotFoundError(f"{start}: sequence training starts from {s.sequence_from}, which has not been "
+                                f"scored (run table1 first, or name another system with --sequence-from)")
+    before = read_json(start)
+    model = fit_windows(load_model(run.exp.system_checkpoint(s.sequence_from), run.device), run.left, run.right)
+    # the acoustic scale the decoder found best for the starting model on dev: the path posteriors' sharpness
+    config = SequenceConfig(epochs=s.sequence_epochs, lr=s.sequence_lr, frame_weight=s.sequence_frame_weight,
+                            acoustic_scale=float(before["acoustic_scale"]))
+    name = f"{s.sequence_from}-seq-e{s.sequence_epochs}-lr{s.sequence_lr:g}-fw{s.sequence_frame_weight:g}"
+    out = run.exp.system_dir(name)
+    distiller = SequenceDistiller(run.exp.hclg_path, read_tid2pdf(run.exp.tid2pdf_path),
+                                  run.teachers, run.exp.log_priors(), config, run.mean)
+    summary = distiller.fit(model, run.frames["train"], run.frames["dev"], out)
+    best = fit_windows(load_model(out / "best.pt", run.device), run.left, run.right)
+    extra = {"sequence_from": s.sequence_from, "acoustic_scale_trained": config.acoustic_scale,
+             "sequence_epochs": config.epochs, "sequence_lr": config.lr, "frame_weight": config.frame_weight,
+             "best_epoch": summary["best"]["epoch"]}
+    row = run.decode(name, "student", best, extra)
+    table = {"name": name, **extra, "history": summary["history"],
+             **{k: row[k] for k in ("frame_acc", "dev_frame_acc", "wer", "dev_wer")},
+             **{f"start_{k}": before.get(k) for k in ("frame_acc", "dev_frame_acc", "wer", "dev_wer")}}
+    update_experiment(run.exp.dir, "sequence", table)
+    return table
+
+
 # In the order they run: select first, so that its choice reaches the others.
 EXPERIMENTS: Dict[str, Callable[[DistillRunner, DistillSettings], object]] = {
     "select": run_select, "table1": run_table1, "table5": run_table5, "sweep": run_sweep,
     "compression": run_compression, "small": run_small, "specialists": run_specialists,
-    "streaming": run_streaming}
+    "streaming": run_streaming, "sequence": run_sequence}
 
 
 def check_experiments(names: Sequence[str]) -> None:
