@@ -177,7 +177,7 @@ def test_occupancies_are_frame_posteriors():
 def test_log_partition_matches_brute_force():
     """log Z over all paths of the utterance's length, enumerated by hand."""
     g, scores, lengths = _graph_and_scores(n=1, t=3)
-    log_z = graph_log_partition(g, scores, lengths[:1], output_beam=1e3)
+    log_z = graph_log_partition(g, scores, lengths[:1], search_beam=1e3, output_beam=1e3)
     paths = _k2_paths(g, 3)  # best cost per (labels, words); here each (labels, words) is one path
     terms = [-cost + sum(float(scores[0, t, lab - 1]) for t, lab in enumerate(labels))
              for (labels, _), cost in paths.items() if len(labels) == 3]
@@ -206,9 +206,9 @@ def test_sequence_kl_is_the_kl_up_to_the_teacher_entropy():
     g, student, lengths = _graph_and_scores(seed=3, n=1, t=3)
     _, teacher, _ = _graph_and_scores(seed=4, n=1, t=3)
     lengths = lengths[:1]
-    gamma_t, _ = pdf_occupancies(g, teacher, lengths, output_beam=1e3)
-    ls = float(sequence_kl(g, student, gamma_t, lengths, 1.0, output_beam=1e3)[0])
-    lt = float(sequence_kl(g, teacher, gamma_t, lengths, 1.0, output_beam=1e3)[0])
+    gamma_t, _ = pdf_occupancies(g, teacher, lengths, search_beam=1e3, output_beam=1e3)
+    ls = float(sequence_kl(g, student, gamma_t, lengths, 1.0, search_beam=1e3, output_beam=1e3)[0])
+    lt = float(sequence_kl(g, teacher, gamma_t, lengths, 1.0, search_beam=1e3, output_beam=1e3)[0])
     paths = [(labels, -cost) for (labels, _), cost in _k2_paths(g, 3).items() if len(labels) == 3]
 
     def log_p(scores):

@@ -6,7 +6,7 @@
 # Environment:
 #   PYTHON      the project's interpreter                 [.venv/bin/python]
 #   K2_VENDOR   folder with the k2 and pybind11 archives  [../shared/vendor/k2]
-#   K2_CACHE    sources, build tree and wheels (outside the work tree; an interrupted build resumes there)
+#   K2_CACHE    sources, build tree and wheels (outside the work tree)
 #               [~/.cache/asr-distill/k2]
 #   K2_JOBS     parallel compile jobs                     [nproc]
 #
@@ -60,13 +60,14 @@ if [ -z "$wheel" ]; then
     "$src/k2/python/csrc/torch/ragged.cu"
   "$PYTHON" -m pip install -q "setuptools>=64" wheel
   start=$(date +%s)
-  echo "build_k2: building k2 against torch $torch_version with $K2_JOBS job(s) in $K2_CACHE/build (log: $K2_CACHE/build.log)" >&2
+  echo "build_k2: building k2 against torch $torch_version with $K2_JOBS job(s) in $src/build (log: $K2_CACHE/build.log)" >&2
   (
     cd "$src"
     export K2_CMAKE_ARGS="-DCMAKE_BUILD_TYPE=Release -DK2_WITH_CUDA=OFF -DFETCHCONTENT_FULLY_DISCONNECTED=ON \
 -DFETCHCONTENT_SOURCE_DIR_PYBIND11=$pybind"
     export K2_MAKE_ARGS="-j$K2_JOBS"
-    "$PYTHON" setup.py build_ext --build-temp "$K2_CACHE/build" bdist_wheel -d "$wheels.tmp"
+    # (setup.py's build tree: $src/build; a build_ext --build-temp given here is not the one bdist_wheel reuses)
+    "$PYTHON" setup.py bdist_wheel -d "$wheels.tmp"
   ) > "$K2_CACHE/build.log" 2>&1 || { tail -40 "$K2_CACHE/build.log" >&2; die "the build failed (log above; whole log: $K2_CACHE/build.log)"; }
   wheel=$(ls "$wheels.tmp"/k2-*.whl | head -1)
   mv "$wheel" "$wheels/" && rmdir "$wheels.tmp" 2>/dev/null || true

@@ -15,8 +15,9 @@ and the sequence KL from the ensemble's to the student's path posterior, up to t
 where ``gamma_teacher[t, p]`` is the ensemble's occupancy of pdf ``p`` at frame ``t`` (the forward-backward
 posterior over the graph's paths).  Its gradient with respect to ``a_student`` is ``k * (gamma_student -
 gamma_teacher)``: the student is pulled to the teacher's occupancies, not to its frame posteriors.  ``log Z`` and
-both occupancies come from k2's ``intersect_dense`` in the log semiring (the occupancies as the gradient of
-``log Z`` with respect to the scores).  A small frame-level term (the ensemble's posteriors, ``frame_weight``)
+both occupancies come from k2's ``intersect_dense_pruned`` in the log semiring (the occupancies as the gradient of
+``log Z`` with respect to the scores), over the paths within the search and lattice beams, as Kaldi's sequence
+training sums over beam-pruned lattices.  A small frame-level term (the ensemble's posteriors, ``frame_weight``)
 keeps the output layer a posterior, as Kaldi's frame smoothing does in sequence training.
 """
 from __future__ import annotations
@@ -57,14 +58,18 @@ class SequenceConfig:
     acoustic_scale: float = 0.1
     frame_weight: float = 0.1  # weight of the frame-level (ensemble posterior) term
     utterances_per_batch: int = 16
-    output_beam: float = 12.0  # intersect_dense's pruning of the graph x utterance lattice (log semiring)
+    # the graph x utterance lattice: search beam and lattice beam (Kaldi generates its sequence-training lattices
+    # with beam 13-15 and lattice beam 8), active states per frame
+    search_beam: float = 15.0
+    output_beam: float = 8.0
+    max_active: int = 10000
     seed: int = 100
 
 
 def _dense(scores: torch.Tensor, lengths: Sequence[int]) -> "k2.DenseFsaVec":
     """``(N, T, num_pdfs)`` scaled pseudo log-likelihoods as a dense FSA over the pdf-labelled graph's labels
     (pdf p = label p + 1; label 0 is epsilon's, which the epsilon-free graph never uses).  ``lengths`` must not
-    increase (k2's ``intersect_dense``)."""
+    increase (k2's intersections want the longest sequence first)."""
     if any(b > a for a, b in zip(lengths, lengths[1:])):
         raise ValueError(f"utterance lengths must be sorted longest first, got {list(lengths)}")
     padded = torch.nn.functional.pad(scores, (1, 0), value=-1e10)
@@ -73,28 +78,22 @@ def _dense(scores: torch.Tensor, lengths: Sequence[int]) -> "k2.DenseFsaVec":
 
 
 def graph_log_partition(graph: "k2.Fsa", scores: torch.Tensor, lengths: Sequence[int],
-                        output_beam: float = 12.0) -> torch.Tensor:
-    """``log Z`` per utterance: the log-sum over the graph's paths of ``exp(scores + graph scores)``; ``-inf`` where
-    no path of the utterance's length reaches a final state.  Differentiable with respect to ``scores``."""
-    lattice = k2.intersect_dense(_replicated(graph, len(lengths)), _dense(scores, lengths), output_beam)
+                        search_beam: float = 15.0, output_beam: float = 8.0, max_active: int = 10000
+                        ) -> torch.Tensor:
+    """``log Z`` per utterance: the log-sum over the graph's paths (those the beams keep) of ``exp(scores + graph
+    scores)``; ``-inf`` where no path of the utterance's length reaches a final state.  Differentiable with respect
+    to ``scores``."""
+    lattice = k2.intersect_dense_pruned(graph, _dense(scores, lengths), search_beam, output_beam, 30, max_active)
     return lattice.get_tot_scores(log_semiring=True, use_double_scores=True)
 
 
-def _replicated(graph: "k2.Fsa", n: int) -> "k2.Fsa":
-    """An FsaVec of ``n`` copies of ``graph``: ``intersect_dense`` pairs a's FSAs with b's sequences one to one."""
-    if len(graph.shape) == 3 and graph.shape[0] == n:
-        return graph
-    single = graph if len(graph.shape) == 3 else k2.create_fsa_vec([graph])
-    return k2.index_fsa(single, torch.zeros(n, dtype=torch.int32))
-
-
 def pdf_occupancies(graph: "k2.Fsa", scores: torch.Tensor, lengths: Sequence[int],
-                    output_beam: float = 12.0) -> Tuple[torch.Tensor, torch.Tensor]:
+                    **beams) -> Tuple[torch.Tensor, torch.Tensor]:
     """(occupancies ``(N, T, num_pdfs)``, ``log Z`` per utterance): each frame's posterior of each pdf over the
     graph's paths (rows sum to 1 on an utterance's frames, 0 on padding and where no path survived)."""
     x = scores.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        log_z = graph_log_partition(graph, x, lengths, output_beam)
+        log_z = graph_log_partition(graph, x, lengths, **beams)
         ok = torch.isfinite(log_z)
         if ok.any():
             (gamma,) = torch.autograd.grad(log_z[ok].sum(), x)
@@ -105,13 +104,12 @@ def pdf_occupancies(graph: "k2.Fsa", scores: torch.Tensor, lengths: Sequence[int
 
 
 def sequence_kl(graph: "k2.Fsa", student_loglikes: torch.Tensor, teacher_gamma: torch.Tensor,
-                lengths: Sequence[int], acoustic_scale: float, output_beam: float = 12.0
-                ) -> Tuple[torch.Tensor, int]:
+                lengths: Sequence[int], acoustic_scale: float, **beams) -> Tuple[torch.Tensor, int]:
     """(sum over utterances of ``log Z_student - k * <gamma_teacher, a_student>``, utterances used): the sequence
     KL up to the teacher's entropy.  Utterances where the student or the teacher has no surviving path are left
     out (their loss would be infinite)."""
     scaled = student_loglikes * acoustic_scale
-    log_z = graph_log_partition(graph, scaled, lengths, output_beam)
+    log_z = graph_log_partition(graph, scaled, lengths, **beams)
     expected = (teacher_gamma * scaled).sum(dim=(1, 2))
     ok = torch.isfinite(log_z) & (teacher_gamma.sum(dim=(1, 2)) > 0)
     return (log_z[ok] - expected[ok]).sum(), int(ok.sum())
@@ -138,6 +136,7 @@ class SequenceDistiller:
         self.teachers = [t.eval() for t in teachers]
         self.log_priors = torch.as_tensor(log_priors, dtype=torch.float32)
         self.config, self.mean = config, mean
+        self.beams = dict(search_beam=config.search_beam, output_beam=config.output_beam, max_active=config.max_active)
 
     def _batches(self, frames: FrameSet, order: Sequence[int]) -> Iterator[Tuple[List[torch.Tensor], List[int]]]:
         n = self.config.utterances_per_batch
@@ -156,10 +155,10 @@ class SequenceDistiller:
         with torch.no_grad():
             teacher_logp = [ensemble_log_posteriors(self.teachers, w, self.mean) for w in windows]
             teacher_scores = self._pad([(lp - self.log_priors) * c.acoustic_scale for lp in teacher_logp])
-            gamma, _ = pdf_occupancies(self.graph, teacher_scores, lengths, c.output_beam)
+            gamma, _ = pdf_occupancies(self.graph, teacher_scores, lengths, **self.beams)
         student_logp = [torch.log_softmax(student(w).float(), -1) for w in windows]
         student_loglikes = self._pad([lp - self.log_priors for lp in student_logp])
-        seq, used = sequence_kl(self.graph, student_loglikes, gamma, lengths, c.acoustic_scale, c.output_beam)
+        seq, used = sequence_kl(self.graph, student_loglikes, gamma, lengths, c.acoustic_scale, **self.beams)
         frame = -sum((t.exp() * s).sum() for t, s in zip(teacher_logp, student_logp))
         return seq + c.frame_weight * frame, used, sum(lengths)
 
