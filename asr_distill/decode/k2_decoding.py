@@ -217,11 +217,11 @@ class K2Backend(DecodingBackend):
         utts = sorted(loglikes, key=lambda u: len(loglikes[u]))
         out: Dict[str, List[int]] = {}
         batch: List[str] = []
+        width = loglikes[utts[-1]].shape[1] + 1 if utts else 0
         for u in utts + [None]:
             if u is not None and len(loglikes[u]) == 0:
                 out[u] = []
                 continue
-            width = loglikes[utts[-1]].shape[1] + 1
             if batch and (u is None or (len(batch) + 1) * len(loglikes[u]) * width > self.MAX_BATCH_SCORES):
                 out.update(zip(batch, self._decode_batch([loglikes[b] for b in batch])))
                 batch = []
@@ -233,12 +233,12 @@ class K2Backend(DecodingBackend):
         c = self.config
         scores, segments = dense_scores(loglikes, c.acoustic_scale, self.device)
         dense = k2.DenseFsaVec(scores, segments)
+        # allow_partial: where no final state is active at the last frame, the best active state ends the path,
+        # as kaldi-decoder's FasterDecoder does when no final state was reached
         lattice = k2.intersect_dense_pruned(self.graph, dense, search_beam=c.beam, output_beam=min(c.beam, 8.0),
-                                            min_active_states=c.min_active, max_active_states=c.max_active)
-        words = best_path_words(k2.shortest_path(lattice, use_double_scores=True))
-        # an utterance the pruned search could not bring to a final state has an empty lattice: no words, as
-        # kaldi-decoder's FasterDecoder without a final state reached
-        return words
+                                            min_active_states=c.min_active, max_active_states=c.max_active,
+                                            allow_partial=True)
+        return best_path_words(k2.shortest_path(lattice, use_double_scores=True))
 
 
 BACKENDS["k2"] = K2Backend
