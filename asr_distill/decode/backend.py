@@ -110,26 +110,13 @@ def decode_loglikes(hclg_path: Pathlike, tid2pdf: np.ndarray, loglikes: Mapping[
     items = list(loglikes.items())
     tid2pdf = np.asarray(tid2pdf, dtype=np.int64)
     backend_class = get_backend(config.backend)
-    if hasattr(backend_class, "decode_many"):  # batched in this process (k2)
-        return _batched_backend(str(hclg_path), tid2pdf, config).decode_many(loglikes)
+    if hasattr(backend_class, "decode_many"):  # batched in this process (k2; it caches its converted graph)
+        return backend_class(str(hclg_path), tid2pdf, config).decode_many(loglikes)
     bar = (lambda it: tqdm(it, total=len(items), desc="decoding", leave=False)) if progress else (lambda it: it)
     if jobs <= 1 or len(items) < 8:
         _init_worker(str(hclg_path), config, tid2pdf)
         return dict(bar(map(_decode_one, items)))
     return run_pool(_init_worker, (str(hclg_path), config, tid2pdf), _decode_one, _decode_forked, loglikes, jobs, bar)
-
-
-# The batched backend of the last call: a tuning grid decodes dev many times over the same graph, and converting
-# or loading it each time would cost more than the decode.
-_batched: Dict[str, object] = {}
-
-
-def _batched_backend(hclg_path: str, tid2pdf: np.ndarray, config: DecodingConfig) -> DecodingBackend:
-    key = (hclg_path, os.stat(hclg_path).st_mtime_ns, tid2pdf.tobytes(), config)
-    if _batched.get("key") != key:
-        _batched.clear()
-        _batched.update(key=key, backend=get_backend(config.backend)(hclg_path, tid2pdf, config))
-    return _batched["backend"]
 
 
 def run_pool(init, initargs, by_item, by_id, inputs: Mapping[str, np.ndarray], jobs: int, bar=lambda it: it) -> dict:

@@ -28,7 +28,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -224,9 +224,3 @@ class SequenceDistiller:
         summary = {"config": asdict(c), "best": best, "history": history}
         write_json(summary, out / "summary.json")
         return summary
-
-
-def sequence_summary_row(summary: dict) -> Dict[str, object]:
-    c = summary["config"]
-    return {"sequence_epochs": c["epochs"], "sequence_lr": c["lr"], "sequence_frame_weight": c["frame_weight"],
-            "sequence_best_epoch": summary["best"]["epoch"]}
