@@ -128,6 +128,34 @@ def test_stacked_teachers_match_each_teacher(mode, layers):
     assert (out16.float() - ref).norm() / ref.norm() < 2e-2
 
 
+@pytest.mark.parametrize("layers", [0, 1, 3])
+def test_fp8_teachers_are_the_teachers_up_to_fp8_rounding(layers):
+    """The FP8 path (torch._scaled_mm, emulated on the CPU): odd sizes padded to 16, per-channel weight and per-row
+    activation scales; logits within e4m3's rounding of fp32's, the ensemble's soft targets closer still; and a
+    device without FP8 tensor cores is named."""
+    from asr_distill.distill.teachers import fp8_support
+
+    teachers = _teachers(K=3, context=5, feat=7, pdfs=11, hidden=24, layers=layers)
+    for t in teachers:  # trained-like logits, not the near-zero ones of a fresh init
+        with torch.no_grad():
+            t.net[-1].weight.mul_(20.0)
+    x = torch.randn(37, 5, 7)
+    with torch.no_grad():
+        ref = torch.stack([t(x) for t in teachers])
+    stack = StackedTeachers(teachers, mode="fp8")
+    assert stack.resolved_mode(37, x.device) == "fp8" and sum(1 for _ in stack.parameters()) == 0
+    out = stack(x)
+    assert out.shape == (3, 37, 11) and out.dtype == torch.bfloat16
+    assert (out.float() - ref).norm() / ref.norm() < 0.08
+    p, q = ensemble_soft_targets(ref, 2.0), ensemble_soft_targets(out, 2.0)
+    assert float((p * (p.log() - q.log())).sum(-1).mean()) < 2e-2  # a mis-scaled layer gives O(1)
+    assert "cpu" in fp8_support("cpu")
+    with pytest.raises(ValueError):
+        StackedTeachers(teachers, mode="fp8", dtype=torch.float32)
+    with pytest.raises(ValueError):
+        StackedTeachers(teachers + [TDNN(7, 5, 11, 16, 2).eval()], mode="fp8")
+
+
 def test_stacked_teachers_fall_back_to_a_loop_for_mixed_teachers():
     teachers = _teachers(K=2) + [TDNN(4, 5, 11, 16, 2).eval()]
     stack = StackedTeachers(teachers)
@@ -215,7 +243,7 @@ def _kl_to_teacher(student, x, p, T):
         return distillation_loss(student(x), None, T, 1.0, teacher_probs=p).item()
 
 
-@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize("cached", [False, True, "fp8"])
 def test_distill_step_on_cpu_learns_a_fixed_teacher(cached):
     torch.manual_seed(0)
     feat, context, pdfs, T = 6, 3, 8, 2.0
@@ -228,7 +256,10 @@ def test_distill_step_on_cpu_learns_a_fixed_teacher(cached):
     x_all = frames.windows(idx_all)
     with torch.no_grad():
         p_all = ensemble_soft_targets(teacher(x_all)[None], T)
-    if cached:
+    if cached == "fp8":  # live teachers through the FP8 path (emulated here)
+        stepper = DistillStep(student, [teacher], frames=frames, T=T, alpha=0.9, lr=1e-2, teacher_mode="fp8")
+        assert stepper.loss.teachers.mode == "fp8"
+    elif cached:
         cache = compute_topk_soft_targets([teacher], frames, T=T, k=pdfs)
         stepper = DistillStep(student, cache=cache, frames=frames, T=T, alpha=1.0, lr=1e-2)
     else:

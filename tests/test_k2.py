@@ -13,7 +13,8 @@ import torch
 k2 = pytest.importorskip("k2", reason="k2 is not installed (tools/build_k2.sh builds it offline)")
 
 from asr_distill.decode import DecodingConfig, compute_wer, decode_loglikes, words_of  # noqa: E402
-from asr_distill.decode.k2_decoding import K2Backend, best_path_words, hclg_to_k2, load_k2_graph  # noqa: E402
+from asr_distill.decode.k2_decoding import (K2Backend, best_path_words, grid_lattice_words,  # noqa: E402
+                                            hclg_to_k2, load_k2_graph)
 from asr_distill.distill.sequence import graph_log_partition, pdf_occupancies, sequence_kl  # noqa: E402
 from asr_distill.lang import Lang  # noqa: E402
 from asr_distill.utils import read_json  # noqa: E402
@@ -155,6 +156,26 @@ def test_word_penalty_reaches_the_k2_graph(exp, gmm_test):
     plain = K2Backend(exp.hclg_path, tid2pdf, cfg.with_(backend="k2", word_penalty=0.0)).decode_many(ll)
     taxed = K2Backend(exp.hclg_path, tid2pdf, cfg.with_(backend="k2", word_penalty=20.0)).decode_many(ll)
     assert sum(map(len, taxed.values())) < sum(map(len, plain.values()))
+
+
+def test_k2_lattice_grid_best_paths_are_the_decodes_they_stand_for(exp, gmm_test):
+    """Rescoring k2's lattices: at the scale they were made with (penalty 0) the best path is the 1-best decode;
+    with a penalty, it is close to a real decode with that penalty (the lattice was pruned without it)."""
+    from asr_distill.fst import read_tid2pdf
+
+    ll, cfg = gmm_test
+    tid2pdf = read_tid2pdf(exp.tid2pdf_path)
+    scale = cfg.acoustic_scale
+    grid = [(scale, 0.0), (scale, 2.0), (scale / 2, 0.0)]
+    at_grid = grid_lattice_words(exp.hclg_path, tid2pdf, ll, scale, grid, DecodingConfig())
+    assert all(set(words) == set(ll) for words in at_grid)
+    for g, (s, p) in enumerate(grid):
+        real = K2Backend(exp.hclg_path, tid2pdf, DecodingConfig(acoustic_scale=s, word_penalty=p)).decode_many(ll)
+        same = sum(at_grid[g][u] == real[u] for u in ll)
+        # exact at the lattice's own point; elsewhere most utterances (the slice's GMM is weak, its lattices wide)
+        assert same >= (len(ll) if g == 0 else 0.8 * len(ll)), (s, p, same, len(ll))
+    # the grid points differ where they should: a penalty never adds words
+    assert sum(map(len, at_grid[1].values())) <= sum(map(len, at_grid[0].values()))
 
 
 # -- sequence-level distillation --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from asr_distill.decode import DecodingConfig, compute_wer, decode_loglikes, words_of
+from asr_distill.decode.k2_decoding import k2_available
 from asr_distill.decode.lattice import decode_lattices, grid_best_paths, lattice_of, tune_by_rescoring
 from asr_distill.decode.tuning import search_acoustic_scale, tune_acoustic_scale
 from asr_distill.gmm import StateInventory
@@ -109,11 +110,15 @@ def test_lattice_best_path_is_the_one_best_decode_at_the_decoding_scale(gmm_dev)
     assert same >= 0.9 * len(lattices)
 
 
-def test_rescoring_tuner_chooses_as_the_decoding_grid_does(gmm_dev):
+@pytest.mark.parametrize("lattice_decoder", [
+    "kaldi-decoder",
+    pytest.param("k2", marks=pytest.mark.skipif(not k2_available(), reason="k2 is not installed")),
+])
+def test_rescoring_tuner_chooses_as_the_decoding_grid_does(gmm_dev, lattice_decoder):
     scales, penalties = (0.02, 0.04, 0.08, 0.15), (0.0, 2.0)
     args = (gmm_dev["hclg"], gmm_dev["tid2pdf"], gmm_dev["ll"], gmm_dev["refs"], gmm_dev["id2word"], scales,
             DecodingConfig())
-    by_lattice, lattice_wers = tune_by_rescoring(*args, jobs=2, penalties=penalties)
+    by_lattice, lattice_wers = tune_by_rescoring(*args, jobs=2, penalties=penalties, lattice_decoder=lattice_decoder)
     by_decoding, decoding_wers = tune_acoustic_scale(*args, jobs=2, penalties=penalties)
     assert set(lattice_wers) == set(decoding_wers)
     # the choice is as good as the grid's, measured by a real decode of dev with it; its table entry is that decode
@@ -124,7 +129,6 @@ def test_rescoring_tuner_chooses_as_the_decoding_grid_does(gmm_dev):
     assert lattice_wers[key] == pytest.approx(real) == pytest.approx(decoding_wers[key])
     assert real <= min(decoding_wers.values()) + _two_words(gmm_dev)
     assert by_lattice.beam == DecodingConfig().beam
-
 
 
 def test_search_lands_where_the_full_grid_does_with_fewer_decodes(gmm_dev):

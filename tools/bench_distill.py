@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from asr_distill.distill import loss as D  # noqa: E402  (the loss module: also its private _targets_and_loss)
 from asr_distill.distill import (DistillStep, StackedTeachers, compute_topk_soft_targets,  # noqa: E402
                                  distill_flops_per_frame, distillation_loss)
+from asr_distill.distill.teachers import fp8_support  # noqa: E402
 from asr_distill.nnet.frames import FrameSet  # noqa: E402
 from asr_distill.nnet.models import MLP  # noqa: E402
 
@@ -53,9 +54,9 @@ SCALES: Dict[str, Dict[str, Any]] = {
     "tiny": dict(K=3, hidden=64, layers=2, context=5, feat=8, pdfs=20, batches=[256], data_path=True, frames=5000),
 }
 DEFAULT_PROJECT = {
-    "paper": "addmm+fused,addmm+fused+graph,addmm+compile,bmm+compile+fused",
-    "an4": "bmm+fused+graph,bmm+fused,bmm+compile+graph,addmm+fused+graph,cache+compile+graph,cache",
-    "tiny": "auto,bmm,addmm,cache",
+    "paper": "addmm+fused,addmm+fused+graph,fp8+fused+graph,addmm+compile,bmm+compile+fused",
+    "an4": "bmm+fused+graph,bmm+fused,bmm+compile+graph,addmm+fused+graph,fp8+fused+graph,cache+compile+graph,cache",
+    "tiny": "auto,bmm,addmm,fp8,cache",
 }
 
 
@@ -225,7 +226,8 @@ def breakdown(sc: Dict[str, Any], batch: int, args: argparse.Namespace, device: 
     res: Dict[str, Any] = dict(batch=batch)
     tf = K * D.model_flops_per_frame(teachers[0]) * batch
     sf = 3 * D.model_flops_per_frame(student) * batch
-    for mode in ("addmm", "bmm"):
+    modes = ("addmm", "bmm") + (("fp8",) if fp8_support(device) is None else ())
+    for mode in modes:
         st = StackedTeachers(teachers, mode=mode)
         ms = cuda_ms(lambda: st(x))
         res[f"teachers_{mode}_ms"] = ms
@@ -309,8 +311,8 @@ def make_loop_step(teachers: List[torch.nn.Module], student: torch.nn.Module, bf
 
 def parse_config(cfg: str) -> Dict[str, Any]:
     toks = set(cfg.split("+"))
-    mode = next((t for t in ("auto", "bmm", "addmm") if t in toks), "auto")
-    unknown = toks - {"auto", "bmm", "addmm", "compile", "graph", "autotune", "fused", "cache"}
+    mode = next((t for t in ("auto", "bmm", "addmm", "fp8") if t in toks), "auto")
+    unknown = toks - {"auto", "bmm", "addmm", "fp8", "compile", "graph", "autotune", "fused", "cache"}
     if unknown:
         raise ValueError(f"unknown project-config tokens {sorted(unknown)} in {cfg!r}")
     return dict(teacher_mode=mode, compile="compile" in toks or "autotune" in toks, cuda_graph="graph" in toks,
@@ -378,6 +380,11 @@ def run_scale(name: str, sc: Dict[str, Any], args: argparse.Namespace, device: t
                 else:
                     opts = parse_config(cfg)
                     rec["config"] = dict(opts)
+                    if opts["teacher_mode"] == "fp8" and fp8_support(device) is not None:
+                        rec["skipped"] = fp8_support(device)  # said in the table, not an error
+                        print(json.dumps(rec), flush=True)
+                        results.append(rec)
+                        continue
                     stack = StackedTeachers(teachers, mode=opts.pop("teacher_mode"))
                     rec["teacher_path"] = stack.resolved_mode(batch, device)
                     if opts.pop("cache"):  # soft targets precomputed as a top-k cache: no teacher in the step
@@ -447,6 +454,10 @@ def markdown(results: List[Dict[str, Any]], header: Dict[str, Any]) -> str:
     base = {(r["scale"], r["batch"]): r["frames_per_s"] for r in results
             if r["variant"] == "bf16 autocast loop" and "frames_per_s" in r}
     for r in results:
+        if "skipped" in r:
+            lines.append(f"| {r['scale']} | {r['batch']} | {r['variant']} | skipped: {r['skipped'][:120]} "
+                         f"| | | | | | |")
+            continue
         if "error" in r:
             lines.append(f"| {r['scale']} | {r['batch']} | {r['variant']} | error: {r['error'][:120]} "
                          f"| | | | | | |")

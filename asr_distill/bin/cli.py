@@ -25,6 +25,7 @@ from ..deploy.export import export_model
 from ..deploy.measure import measure_model_dir
 from ..deploy.transcribe import main as transcribe_main
 from ..distill.experiments import check_experiments
+from ..distill.teachers import fp8_support
 from ..distill.recipes import parse_select_candidates, recipe_overrides
 from ..experiment import Experiment, ExperimentBusy, StageOptionsChanged
 from ..lang import LexiconError
@@ -202,10 +203,10 @@ def _gmm_systems(ctx, param, value: str):
 
 
 _dev_tuning_option = click.option(
-    "--dev-tuning", type=click.Choice(TUNERS), default="search", show_default=True,
-    help="how the dev acoustic-scale x word-penalty grid is searched: search (a descent, a handful of decodes), "
-         "lattice (one lattice decode rescored, the best few decoded; fast on small graphs and sharp models), grid "
-         "(every point)")
+    "--dev-tuning", type=click.Choice(TUNERS), default="lattice", show_default=True,
+    help="how the dev acoustic-scale x word-penalty grid is searched: lattice (dev decoded once into lattices, every "
+         "point rescored, the best three decoded; lattices from k2 where installed, else kaldi-decoder's lattice "
+         "decoder, slow on large graphs), search (a descent, a handful of decodes), grid (every point decoded)")
 
 
 _decoder_option = click.option(
@@ -380,14 +381,18 @@ def evaluate(exp, jobs, device, frames, dev_tuning, decoder):
 @click.option("--select-candidates", default=None,
               help="for --experiments select: comma-separated T:alpha[:epochs[:noise_std[:freq_mask]]] "
                    "[default: 3 (T, alpha) pairs x 3 recipes]")
+@click.option("--teacher-precision", type=click.Choice(["auto", "fp8"]), default="auto", show_default=True,
+              help="live teachers' matmuls: auto (bf16 on CUDA, fp32 on the CPU) or fp8 (per-channel scaled "
+                   "e4m3 through torch._scaled_mm; GPUs of compute capability 8.9+ only)")
+@_dev_tuning_option
 @_decoder_option
 @_train_options(inherit=True)
 @stage_command("distill", distributed=True)
 def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experiments, small_fraction, seeds,
             student_epochs, generalist, num_specialists, specialist_overlap, specialist_epochs, specialist_alpha,
             specialist_top_n, sequence_from, sequence_epochs, sequence_lr, sequence_frame_weight,
-            stream_right, noise_std, freq_mask, select_candidates, decoder, device, frames, epochs, batch_size, lr,
-            weight_decay, patience):
+            stream_right, noise_std, freq_mask, select_candidates, teacher_precision, dev_tuning, decoder, device,
+            frames, epochs, batch_size, lr, weight_decay, patience):
     """Stage 6: hard-label baseline and distilled student(s), same recipe and seeds; optional paper experiments."""
     names = [e.strip() for e in experiments.split(",") if e.strip()]
     try:
@@ -405,11 +410,14 @@ def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experimen
                                  param_hint="--stream-right") from None
     if not rights or min(rights) < 0:
         raise click.BadParameter(f"{stream_right!r}: expected frame counts >= 0", param_hint="--stream-right")
+    if teacher_precision == "fp8" and fp8_support(device) is not None:
+        raise click.BadParameter(f"{fp8_support(device)}; leave it at auto", param_hint="--teacher-precision")
     out = stage_distill(exp, device, jobs, temperature, alpha, mean, teacher_source, topk, names,
                         _train_config(epochs, batch_size, lr, weight_decay, patience),
                         recipe_overrides(student_epochs, noise_std, freq_mask), candidates, frames=frames,
                         seeds=seeds, stream_right=rights, small_fraction=small_fraction,
-                        scorer_options={"decoder": decoder},
+                        scorer_options={"tuning": dev_tuning, "decoder": decoder},
+                        teacher_precision=teacher_precision,
                         specialists=dict(generalist=generalist, num_specialists=num_specialists,
                                          specialist_overlap=specialist_overlap, specialist_epochs=specialist_epochs,
                                          specialist_alpha=specialist_alpha, specialist_top_n=specialist_top_n,

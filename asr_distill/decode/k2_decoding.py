@@ -1,7 +1,7 @@
 """Decoding with k2: Kaldi's HCLG as a k2 FSA, many utterances intersected at once (``intersect_dense_pruned``).
 
 k2 is optional (``tools/build_k2.sh`` builds it here; elsewhere k2-fsa's wheel index has builds for each torch):
-nothing imports this module unless ``--decoder k2`` is asked for.
+without it this module still imports, and :func:`require_k2` names the remedy when a k2 path is asked for.
 
 The graph is the same ``HCLG.fst`` kaldi-decoder reads, converted once:
 
@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     k2 = None
 
 __all__ = ["k2_available", "require_k2", "hclg_to_k2", "load_k2_graph", "K2Backend", "dense_scores",
-           "best_path_words", "K2_INSTALL_HINT"]
+           "best_path_words", "length_batches", "grid_lattice_words", "K2_INSTALL_HINT"]
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,25 @@ def best_path_words(best: "k2.Fsa") -> List[List[int]]:
     return k2.RaggedTensor(shape, aux.values).tolist()
 
 
+def length_batches(loglikes: Mapping[str, np.ndarray], max_scores: int) -> List[List[str]]:
+    """Utterance ids (empty ones left out) sorted by length and cut into batches of at most ``max_scores`` padded
+    scores (frames x (num_pdfs + 1))."""
+    utts = sorted((u for u, x in loglikes.items() if len(x)), key=lambda u: len(loglikes[u]))
+    batches: List[List[str]] = []
+    batch: List[str] = []
+    for u in utts:
+        x = loglikes[u]
+        if batch and (len(batch) + 1) * len(x) * (x.shape[1] + 1) > max_scores:
+            batches.append(batch)
+            batch = []
+        batch.append(u)
+    return batches + [batch] if batch else batches
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() and k2 is not None and k2.with_cuda else "cpu")
+
+
 # The last graph loaded, per device: a tuning grid builds a backend per (acoustic scale, word penalty) point.
 _loaded: Dict[tuple, "k2.Fsa"] = {}
 
@@ -201,9 +220,7 @@ class K2Backend(DecodingBackend):
                  device: Optional[torch.device] = None):
         require_k2()
         self.config = config
-        if device is None:
-            device = torch.device("cuda" if torch.cuda.is_available() and k2.with_cuda else "cpu")
-        self.device = torch.device(device)
+        self.device = torch.device(device) if device is not None else default_device()
         graph = _graph(hclg_path, tid2pdf, self.device)
         if config.word_penalty:
             graph.scores = graph.scores - config.word_penalty * _word_counts(graph)
@@ -214,19 +231,9 @@ class K2Backend(DecodingBackend):
 
     def decode_many(self, loglikes: Mapping[str, np.ndarray]) -> Dict[str, List[int]]:
         """Words of every utterance, decoded in batches of similar length."""
-        utts = sorted(loglikes, key=lambda u: len(loglikes[u]))
-        out: Dict[str, List[int]] = {}
-        batch: List[str] = []
-        width = loglikes[utts[-1]].shape[1] + 1 if utts else 0
-        for u in utts + [None]:
-            if u is not None and len(loglikes[u]) == 0:
-                out[u] = []
-                continue
-            if batch and (u is None or (len(batch) + 1) * len(loglikes[u]) * width > self.MAX_BATCH_SCORES):
-                out.update(zip(batch, self._decode_batch([loglikes[b] for b in batch])))
-                batch = []
-            if u is not None:
-                batch.append(u)
+        out: Dict[str, List[int]] = {u: [] for u, x in loglikes.items() if len(x) == 0}
+        for batch in length_batches(loglikes, self.MAX_BATCH_SCORES):
+            out.update(zip(batch, self._decode_batch([loglikes[b] for b in batch])))
         return out
 
     def _decode_batch(self, loglikes: List[np.ndarray]) -> List[List[int]]:
@@ -242,3 +249,32 @@ class K2Backend(DecodingBackend):
 
 
 BACKENDS["k2"] = K2Backend
+
+
+def grid_lattice_words(hclg_path: Pathlike, tid2pdf: np.ndarray, loglikes: Mapping[str, np.ndarray],
+                       decode_scale: float, grid: List[Tuple[float, float]], config: DecodingConfig,
+                       lattice_beam: float = 8.0, device: Optional[torch.device] = None
+                       ) -> List[Dict[str, List[int]]]:
+    """Decode once, rescore a grid: each utterance is intersected with HCLG once at ``decode_scale`` (search beam
+    and active-state bounds as ``config``'s, lattice = ``lattice_beam``), then for every ``(acoustic scale, word
+    penalty)`` of ``grid`` the lattice's arcs are rescored as graph + (scale / decode_scale) x acoustic - penalty x
+    words (Kaldi's lattice-scale + lattice-add-penalty) and its best path read.  Returns the words per grid point
+    per utterance."""
+    require_k2()
+    device = torch.device(device) if device is not None else default_device()
+    graph = _graph(hclg_path, tid2pdf, device)
+    graph.graph_scores = graph.scores.clone()  # tensor attributes follow the arcs into the lattice
+    graph.num_words = _word_counts(graph).to(device)
+    out: List[Dict[str, List[int]]] = [{u: [] for u, x in loglikes.items() if len(x) == 0} for _ in grid]
+    for batch in length_batches(loglikes, K2Backend.MAX_BATCH_SCORES):
+        scores, segments = dense_scores([loglikes[b] for b in batch], decode_scale, device)
+        lattice = k2.intersect_dense_pruned(graph, k2.DenseFsaVec(scores, segments), search_beam=config.beam,
+                                            output_beam=lattice_beam, min_active_states=config.min_active,
+                                            max_active_states=config.max_active, allow_partial=True)
+        graph_scores, num_words = lattice.graph_scores, lattice.num_words
+        acoustic = lattice.scores - graph_scores  # decode_scale x log-likelihoods (0 on the final arcs)
+        for g, (scale, penalty) in enumerate(grid):
+            lattice.scores = graph_scores + acoustic * (scale / decode_scale) - penalty * num_words
+            words = best_path_words(k2.shortest_path(lattice, use_double_scores=True))
+            out[g].update(zip(batch, words))
+    return out

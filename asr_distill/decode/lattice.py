@@ -1,11 +1,14 @@
 """Decode once, tune by rescoring: dev lattices and the acoustic scale x word penalty grid applied to them.
 
 As Kaldi's ``latgen`` + ``score.sh`` (``lattice-scale --acoustic-scale`` + ``lattice-add-penalty`` +
-``lattice-best-path``): each dev utterance is decoded ONCE into a lattice (kaldi-decoder's ``LatticeSimpleDecoder``,
-raw state-level lattice) at a reference acoustic scale, the arcs' graph and acoustic costs are kept apart, and every
-(acoustic scale, word penalty) of the grid is a best path through the same lattice:
-cost = graph + (scale / decode_scale) * acoustic + penalty * words.  The best paths of all grid points are found
-together: one pass over the lattice's states in topological levels, vectorised over the grid.
+``lattice-best-path``): each dev utterance is decoded ONCE into a lattice at a reference acoustic scale, the arcs'
+graph and acoustic scores are kept apart, and every (acoustic scale, word penalty) of the grid is a best path
+through the same lattice: cost = graph + (scale / decode_scale) * acoustic + penalty * words.
+
+Two lattice generators: k2's pruned intersection (:func:`asr_distill.decode.k2_decoding.grid_lattice_words`,
+bounded by max-active like the 1-best decoder) where k2 is installed, else kaldi-decoder's ``LatticeSimpleDecoder``
+(raw state-level lattices, whose grid best paths are found together here: one pass over each lattice's states in
+topological levels, vectorised over the grid).
 """
 from __future__ import annotations
 
@@ -21,11 +24,14 @@ import torch
 
 from ..utils import Pathlike
 from .backend import DecodingConfig, _fork_inputs, run_pool
+from .k2_decoding import grid_lattice_words, k2_available
 from .scoring import compute_wer, words_of
 from .tuning import as_table, dev_wer, grid_rank
 
 __all__ = ["WordLattice", "LatticeConfig", "lattice_of", "grid_best_paths", "decode_lattices",
-           "tune_by_rescoring"]
+           "tune_by_rescoring", "LATTICE_DECODERS"]
+
+LATTICE_DECODERS = ("auto", "k2", "kaldi-decoder")
 
 log = logging.getLogger(__name__)
 
@@ -204,25 +210,38 @@ def decode_lattices(hclg_path: Pathlike, tid2pdf: np.ndarray, loglikes: Mapping[
 def tune_by_rescoring(hclg_path: Pathlike, tid2pdf: np.ndarray, dev_loglikes: Mapping[str, np.ndarray],
                       dev_refs: Mapping[str, Sequence[str]], id2word: Mapping[int, str], scales: Sequence[float],
                       config: DecodingConfig, jobs: int = 1, penalties: Sequence[float] = (0.0,),
-                      lattice_beam: float = 8.0, verify: int = 3) -> Tuple[DecodingConfig, Dict[str, float]]:
+                      lattice_beam: float = 8.0, verify: int = 3, lattice_decoder: str = "auto"
+                      ) -> Tuple[DecodingConfig, Dict[str, float]]:
     """:func:`asr_distill.decode.tuning.tune_acoustic_scale`'s choice (same grid, same tie-breaking: the larger
     scale, then the smaller penalty) from one lattice decode of DEV at the grid's middle scale.
 
     A lattice holds the paths within ``lattice_beam`` at the scale it was made with; far from that scale its best
     path can differ from a real decode's (better or worse).  So the ``verify`` best grid points by lattice WER are
     decoded for real, and the choice is the best of those real WERs; in the returned table the verified points hold
-    their real WERs, the others their lattice WERs."""
+    their real WERs, the others their lattice WERs.
+
+    ``lattice_decoder``: ``"k2"`` (pruned intersection with max-active, all of dev in a few batches), or
+    ``"kaldi-decoder"`` (``LatticeSimpleDecoder``: no max-active, slow on large graphs with weak models); ``"auto"``
+    takes k2 where it is installed."""
     t0 = time.time()
     decode_scale = float(np.median(scales))
-    lattices = decode_lattices(hclg_path, tid2pdf, dev_loglikes, decode_scale,
-                               LatticeConfig(beam=config.beam, lattice_beam=lattice_beam), jobs)
-    t1 = time.time()
     grid = [(s, p) for p in penalties for s in scales]
-    hyps: List[Dict[str, List[str]]] = [{} for _ in grid]
-    for utt, lat in lattices.items():
-        for g, ids in enumerate(grid_best_paths(lat, [s for s, _ in grid], [p for _, p in grid])):
-            hyps[g][utt] = words_of(ids, id2word)
-    wers = {k: compute_wer(dev_refs, hyps[g], bootstrap_replications=0).wer for g, k in enumerate(grid)}
+    generator = lattice_decoder if lattice_decoder != "auto" else ("k2" if k2_available() else "kaldi-decoder")
+    if generator == "k2":
+        grid_ids = grid_lattice_words(hclg_path, tid2pdf, dev_loglikes, decode_scale, grid, config, lattice_beam)
+        t1 = time.time()
+    elif generator == "kaldi-decoder":
+        lattices = decode_lattices(hclg_path, tid2pdf, dev_loglikes, decode_scale,
+                                   LatticeConfig(beam=config.beam, lattice_beam=lattice_beam), jobs)
+        t1 = time.time()
+        grid_ids = [{} for _ in grid]
+        for utt, lat in lattices.items():
+            for g, ids in enumerate(grid_best_paths(lat, [s for s, _ in grid], [p for _, p in grid])):
+                grid_ids[g][utt] = ids
+    else:
+        raise ValueError(f"lattice_decoder must be one of {LATTICE_DECODERS}, not {lattice_decoder!r}")
+    wers = {k: compute_wer(dev_refs, {u: words_of(ids, id2word) for u, ids in grid_ids[g].items()},
+                           bootstrap_replications=0).wer for g, k in enumerate(grid)}
     t2 = time.time()
     rank = grid_rank(wers)
     verified = sorted(wers, key=rank)[:max(1, verify)]
@@ -230,7 +249,7 @@ def tune_by_rescoring(hclg_path: Pathlike, tid2pdf: np.ndarray, dev_loglikes: Ma
         wers[(scale, penalty)] = dev_wer(hclg_path, tid2pdf, dev_loglikes, dev_refs, id2word,
                                          config.with_(acoustic_scale=scale, word_penalty=penalty), jobs)
     scale, penalty = min(verified, key=rank)
-    log.info("  dev: lattices at scale %.4f (%.0f s), %d-point grid rescored (%.0f s), best %d decoded (%.0f s): "
-             "acoustic scale %.4f, word penalty %.2f: WER %.2f%%", decode_scale, t1 - t0, len(grid), t2 - t1,
+    log.info("  dev: %s lattices at scale %.4f (%.0f s), %d-point grid rescored (%.0f s), best %d decoded (%.0f s): "
+             "acoustic scale %.4f, word penalty %.2f: WER %.2f%%", generator, decode_scale, t1 - t0, len(grid), t2 - t1,
              len(verified), time.time() - t2, scale, penalty, wers[(scale, penalty)])
     return config.with_(acoustic_scale=scale, word_penalty=penalty), as_table(wers)

@@ -32,11 +32,11 @@ if TYPE_CHECKING:  # annotations only: the experiment module imports this packag
 
 __all__ = ["Scorer", "oov_rate", "GMM_SCALES", "DNN_SCALES", "WORD_PENALTIES", "TUNERS"]
 
-# How the dev grid is searched: "search" decodes the points a descent from the grid's middle visits (a handful);
-# "lattice" decodes dev once into lattices and rescores every grid point, then decodes the best few (Kaldi's way:
-# fast on small graphs, but kaldi-decoder's lattice decoder has no max-active and is slow on large ones); "grid"
-# decodes every point.
-TUNERS = ("search", "lattice", "grid")
+# How the dev grid is searched: "lattice" (the default, Kaldi's way) decodes dev once into lattices, rescores every
+# grid point and decodes the best few (lattices from k2 where installed; kaldi-decoder's lattice decoder has no
+# max-active and is slow on large graphs with weak models); "search" decodes the points a descent from the grid's
+# middle visits (a handful, and it can stop in a local minimum); "grid" decodes every point.
+TUNERS = ("lattice", "search", "grid")
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Scorer:
     def __init__(self, exp: "Experiment", jobs: int = 2, beam: float = 13.0, splits: Sequence[str] = ("dev", "test"),
                  scales: Sequence[float] = DNN_SCALES, penalties: Sequence[float] = WORD_PENALTIES,
                  graph_dir: Optional[Path] = None, labels: Optional[Mapping[str, Mapping[str, np.ndarray]]] = None,
-                 log_priors: Optional[np.ndarray] = None, tuning: str = "search", decoder: str = "kaldi-decoder"):
+                 log_priors: Optional[np.ndarray] = None, tuning: str = "lattice", decoder: str = "kaldi-decoder"):
         """``graph_dir`` / ``labels`` / ``log_priors``: another system's graph, frame labels and priors than the
         experiment's targets (each GMM system of the bootstrap is scored with its own); ``decoder``: the decoding
         backend (:data:`asr_distill.decode.backend.DECODERS`)."""

@@ -40,8 +40,10 @@ class DistillRunner:
     ``scorer_options``: the :class:`~asr_distill.decode.scorer.Scorer`'s."""
 
     def __init__(self, exp: Experiment, device: str, jobs: int, train_config: Optional[dict] = None,
-                 mean: str = "arithmetic", frames: str = "auto", scorer_options: Optional[dict] = None):
+                 mean: str = "arithmetic", frames: str = "auto", scorer_options: Optional[dict] = None,
+                 teacher_mode: str = "auto"):
         meta = exp.teachers_meta()
+        self.teacher_mode = teacher_mode
         self.exp, self.mean, self.frame_mode = exp, mean, frames
         self.main = parallel.is_main()
         self.shard = parallel.current_shard()
@@ -77,7 +79,7 @@ class DistillRunner:
         if alpha == 0:  # hard labels: the baselines, the hard-label controls
             loss = CrossEntropyLoss()
         elif cache is None:
-            loss = DistillationLoss(self.teachers, T=T, alpha=alpha, mean=self.mean)
+            loss = DistillationLoss(self.teachers, T=T, alpha=alpha, mean=self.mean, teacher_mode=self.teacher_mode)
         else:
             train, targets = cache
             resident = isinstance(targets, TopKCache)
@@ -96,7 +98,7 @@ class DistillRunner:
         manifest = self.exp.topk_manifest(T, k, self.mean)
         if self.main and not manifest.exists():
             full = self.frames["train"] if self.shard is None else self._open("train")[0]
-            stack = StackedTeachers(self.teachers, device=self.device)
+            stack = StackedTeachers(self.teachers, device=self.device, mode=self.teacher_mode)
             write_topk_cuts(stack, full, self.exp.frame_source("train").cuts(), T, k, manifest.parent / "arrays",
                             manifest, mean=self.mean)
         parallel.barrier()

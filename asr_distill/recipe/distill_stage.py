@@ -5,6 +5,8 @@ from typing import Optional, Sequence, Tuple
 
 from ..distill.experiments import EXPERIMENTS, DistillSettings, check_experiments, run_experiments
 from ..distill.runner import DistillRunner
+from ..distill.teachers import fp8_support
+from ..nnet import parallel
 from ..experiment import Experiment
 
 __all__ = ["stage_distill", "DISTILL_EXPERIMENTS"]
@@ -19,7 +21,7 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
                   select_candidates: Optional[Sequence[Tuple[float, float, dict]]] = None,
                   frames: str = "auto", scorer_options: Optional[dict] = None, seeds: int = 3,
                   stream_right: Sequence[int] = (2,), small_fraction: float = 0.25,
-                  specialists: Optional[dict] = None) -> dict:
+                  specialists: Optional[dict] = None, teacher_precision: str = "auto") -> dict:
     """Stage 6: ``experiments`` (names of :data:`DISTILL_EXPERIMENTS`, run in that table's order).
 
     ``student_recipe`` overrides the teachers' training settings (e.g. ``epochs``, ``noise_std``, ``freq_mask``)
@@ -28,12 +30,21 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
     parameters; ``specialists``: settings of the ``specialists`` experiment (``generalist``, ``num_specialists``,
     ``specialist_overlap``, ``specialist_epochs``, ``specialist_alpha``, ``specialist_top_n``).  Under
     ``torchrun`` every system is trained data-parallel by all ranks; rank 0 alone decodes and writes the results.
-    ``frames``: the frame path; ``scorer_options``: the :class:`~asr_distill.decode.scorer.Scorer`'s.
+    ``frames``: the frame path; ``scorer_options``: the :class:`~asr_distill.decode.scorer.Scorer`'s;
+    ``teacher_precision``: ``fp8`` runs the live teachers' matmuls in FP8 (GPUs of compute capability 8.9 or
+    newer; refused elsewhere, naming why).
     """
     check_experiments(experiments)  # before the runner loads anything
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, not {seeds}")
-    run = DistillRunner(exp, device, jobs, train_config, mean, frames, scorer_options)
+    if teacher_precision not in ("auto", "fp8"):
+        raise ValueError(f"teacher_precision must be 'auto' or 'fp8', not {teacher_precision!r}")
+    if teacher_precision == "fp8":
+        reason = fp8_support(parallel.resolve_device(device))
+        if reason is not None:
+            raise ValueError(f"--teacher-precision fp8: {reason}; leave it at auto (bf16 teachers on CUDA)")
+    run = DistillRunner(exp, device, jobs, train_config, mean, frames, scorer_options,
+                        teacher_mode="fp8" if teacher_precision == "fp8" else "auto")
     settings = DistillSettings(T=T, alpha=alpha, mean=mean, recipe=dict(student_recipe or {}),
                                teacher_source=teacher_source, topk=topk, select_candidates=select_candidates,
                                seeds=seeds, stream_right=tuple(stream_right),

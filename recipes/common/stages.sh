@@ -15,7 +15,7 @@
 #   --exp-dir DIR  --stage N  --stop-stage N  --jobs N  --force
 #   --num-teachers K  --device cpu|cuda  --nproc N (torchrun data-parallel ranks for stages 4 and 6)
 #   --frames auto|resident|stream   stages 4-6's frame path (stream: memory does not grow with the corpus)
-#   --dev-tuning search|lattice|grid   how stages 3 and 5 choose the acoustic scale and word penalty on dev
+#   --dev-tuning lattice|search|grid   how stages 3, 5 and 6 choose the acoustic scale and word penalty on dev
 #   --gmm-args "..."  --teacher-args "..."  --distill-args "..."   extra options for `asr-distill gmm` /
 #                        `train-teachers` / `distill`
 #
@@ -31,7 +31,7 @@ jobs=${jobs:-2}
 device=${device:-cpu}
 nproc=${nproc:-1}
 frames=${frames:-auto}
-dev_tuning=${dev_tuning:-search}
+dev_tuning=${dev_tuning:-lattice}
 force=
 prepare_args=(${extra_prepare_args:-})
 lang_args=(${extra_lang_args:-})
@@ -112,7 +112,7 @@ if [ $stage -le 5 ] && [ $stop_stage -ge 5 ]; then
 fi
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   log "stage 6: distillation (baseline + student)"
-  "${train_cmd[@]}" distill "${common[@]}" --jobs $jobs --device $device --frames $frames $distill_args
+  "${train_cmd[@]}" distill "${common[@]}" --jobs $jobs --device $device --frames $frames --dev-tuning $dev_tuning $distill_args
 fi
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   log "stage 7: results"
