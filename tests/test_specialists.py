@@ -53,6 +53,37 @@ def test_dustbin_labels_selection_and_prior_correction():
     torch.testing.assert_close(corrected, torch.tensor([1.5 / 11, 1.5 / 11, 8 / 11], dtype=torch.float64))
 
 
+@pytest.mark.parametrize("T", [1.0, 3.0])
+def test_soft_targets_teach_the_balanced_priors_that_inference_undoes(T):
+    """The teachers' folded posterior (corpus priors) is moved to the balanced selection's priors before training,
+    at temperature T as the ratio's 1/T-th power: a specialist that learns these targets exactly is corrected at
+    inference by the same ratio as the hard-label term's, back to the teachers' own folded posterior."""
+    from asr_distill.distill.specialist_system import SpecialistTargets
+
+    torch.manual_seed(0)
+    teacher = build_model(dict(arch="mlp", input_dim=3, context=3, num_pdfs=10, hidden_dim=16, num_layers=2)).eval()
+    subset = np.array([2, 5, 7])
+    ratio = dustbin_log_prior_ratio(3 / 11, 3 / 6)  # the subset is 27% of the corpus, half of the selection
+    x = torch.randn(6, 3, 3)
+    plain = SpecialistTargets([teacher], subset, T, 1.0).targets(x)
+    balanced = SpecialistTargets([teacher], subset, T, 1.0, ratio).targets(x)
+    torch.testing.assert_close(balanced.sum(1), torch.ones(6))
+    # more mass inside the subset (its balanced prior is higher), the same proportions within it
+    assert (balanced[:, :3].sum(1) > plain[:, :3].sum(1)).all()
+    torch.testing.assert_close(balanced[:, :3] / balanced[:, :3].sum(1, keepdim=True),
+                               plain[:, :3] / plain[:, :3].sum(1, keepdim=True))
+    # what the specialist learns at T is softmax(z / T) = balanced; at inference softmax(z) + the ratio, renormalised
+    z = T * balanced.log()
+    corr = torch.cat([ratio[0].expand(3), ratio[1:]]).float()
+    at_inference = torch.softmax(torch.log_softmax(z, -1) + corr, -1)
+    folded_t1 = SpecialistTargets([teacher], subset, 1.0, 1.0).targets(x)  # the teachers' own posterior, folded
+    if T == 1.0:
+        torch.testing.assert_close(at_inference, folded_t1, rtol=1e-4, atol=1e-5)
+    else:  # the dustbin is a sum of classes, which no power commutes with: only the subset's proportions are exact
+        torch.testing.assert_close(at_inference[:, :3] / at_inference[:, :3].sum(1, keepdim=True),
+                                   folded_t1[:, :3] / folded_t1[:, :3].sum(1, keepdim=True), rtol=1e-4, atol=1e-5)
+
+
 def test_specialist_starts_as_the_generalist_on_its_subset():
     torch.manual_seed(0)
     general = build_model(dict(arch="mlp", input_dim=3, context=3, num_pdfs=10, hidden_dim=16, num_layers=2))

@@ -59,26 +59,47 @@ class SpecialistTargets(FrameLoss):
     """A specialist's loss with soft targets: ``alpha * T^2 * KL + (1 - alpha) * CE`` against the teachers'
     (arithmetic-mean) posterior at temperature ``T`` folded into the specialist's classes (the subset's
     probabilities, and their complement as the dustbin's).  The paper (section 6) finds soft targets keep
-    specialists, which see little data, from overfitting."""
+    specialists, which see little data, from overfitting.
 
-    def __init__(self, teachers: Sequence[nn.Module], subset: np.ndarray, T: float, alpha: float):
+    The teachers' posterior carries the corpus's priors, the hard labels the balanced selection's.  With
+    ``log_prior_ratio`` (:func:`~asr_distill.distill.specialists.dustbin_log_prior_ratio`: log true / training
+    priors of (subset, dustbin)) the folded targets are moved to the balanced priors (Bayes' rule: times training /
+    true prior, at temperature ``T`` its ``1/T``-th power), so that both terms teach one prior and the one
+    correction applied at inference undoes it for both."""
+
+    def __init__(self, teachers: Sequence[nn.Module], subset: np.ndarray, T: float, alpha: float,
+                 log_prior_ratio: Optional[torch.Tensor] = None):
         self.teachers, self.T, self.alpha = list(teachers), float(T), float(alpha)
         self.subset = torch.as_tensor(np.asarray(subset), dtype=torch.long)
+        self.shift = None
+        if log_prior_ratio is not None:  # per output: subset classes, then the dustbin
+            r = torch.as_tensor(log_prior_ratio, dtype=torch.float32)
+            self.shift = torch.cat([r[0].expand(len(self.subset)), r[1:2]]) * (-1.0 / self.T)
 
     def bind(self, device) -> None:
         self.subset = self.subset.to(device)
+        if self.shift is not None:
+            self.shift = self.shift.to(device)
         for t in self.teachers:
             t.to(device).eval()
 
     def describe(self):
-        return {"loss": "specialist-distillation", "T": self.T, "alpha": self.alpha, "teachers": len(self.teachers)}
+        return {"loss": "specialist-distillation", "T": self.T, "alpha": self.alpha, "teachers": len(self.teachers),
+                "balanced_priors": self.shift is not None}
+
+    @torch.no_grad()
+    def targets(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, len(subset) + 1)`` soft targets of windows ``x``."""
+        p = torch.stack([torch.softmax(t(x).float() / self.T, -1) for t in self.teachers]).mean(0)
+        inside = p[:, self.subset]
+        folded = torch.cat([inside, (1.0 - inside.sum(1, keepdim=True)).clamp_min(0.0)], 1)
+        if self.shift is not None:
+            folded = folded * self.shift.exp()
+            folded = folded / folded.sum(1, keepdim=True)
+        return folded
 
     def __call__(self, logits, x, y, frame_index, topk):
-        with torch.no_grad():
-            p = torch.stack([torch.softmax(t(x).float() / self.T, -1) for t in self.teachers]).mean(0)
-            inside = p[:, self.subset]
-            folded = torch.cat([inside, (1.0 - inside.sum(1, keepdim=True)).clamp_min(0.0)], 1)
-        return distillation_loss(logits, y, self.T, self.alpha, teacher_probs=folded)
+        return distillation_loss(logits, y, self.T, self.alpha, teacher_probs=self.targets(x))
 
 
 class SpecialistSystem(nn.Module):
@@ -137,10 +158,11 @@ class SpecialistSystem(nn.Module):
             d = out_dir / f"specialist{m}"
             log.info("specialist %d: %d classes, %d of their frames + %d others", m, len(subset), inside,
                      int(selected.sum()) - inside)
-            loss = SpecialistTargets(teachers, subset, T, alpha) if alpha > 0 else CrossEntropyLoss()
+            ratio = dustbin_log_prior_ratio(inside / labelled, inside / max(1, int(selected.sum())))
+            loss = SpecialistTargets(teachers, subset, T, alpha, ratio) if alpha > 0 else CrossEntropyLoss()
             train_model(model, local_train, local_dev, config, d, loss=loss, keep=keep, progress=progress)
             specialists.append(fit_windows(load_model(d / "best.pt", train.device), left, right).eval())
-            ratios.append(dustbin_log_prior_ratio(inside / labelled, inside / max(1, int(selected.sum()))))
+            ratios.append(ratio)
         return cls(generalist, specialists, subsets, ratios, top_n)
 
     @torch.no_grad()
