@@ -331,3 +331,61 @@ def test_two_process_streaming_shards_the_stream(exp, tmp_path):
     # it learns from the acoustics: no constant prediction, not even the dev labels' own distribution, has a
     # cross-entropy below that distribution's entropy
     assert dev_ce < prior_entropy - 0.5
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# (d) specialists shared out over the ranks: each trains its own alone, every rank ends with all of them
+
+SPECIALIST_CFG = dict(epochs=2, batch_size=64, lr=1e-3)
+
+
+def _specialists(out_dir: Path):
+    from asr_distill.distill.specialist_system import SpecialistSystem
+    from asr_distill.nnet.checkpoint import load_model
+    from asr_distill.nnet.train import TrainConfig
+    from test_specialists import _synthetic_frames
+
+    train, dev = _synthetic_frames(), _synthetic_frames(4, seed=1)
+    general = load_model(out_dir / "g" / "best.pt").eval()
+    system = SpecialistSystem.fit(general, train, dev, out_dir / "spec", TrainConfig(**SPECIALIST_CFG),
+                                  num_specialists=3, overlap=1, left=2, right=2, top_n=2, progress=False)
+    return system, dev
+
+
+def _specialist_worker(rank: int, world: int, out_dir: str, report: str) -> None:
+    system, dev = _specialists(Path(out_dir))
+    post = system.log_posteriors(dev)
+    np.savez(Path(report) / f"rank{rank}.npz", **post)
+
+
+def test_two_processes_share_the_specialists_out(tmp_path):
+    """Under torchrun, specialist m trains on rank m mod 2 (alone: no collective in its training); both ranks end
+    with every specialist, and the combined posteriors are a 1-process run's."""
+    from asr_distill.nnet.train import TrainConfig, train_model
+    from test_specialists import _synthetic_frames
+
+    train, dev = _synthetic_frames(), _synthetic_frames(4, seed=1)
+    torch.manual_seed(0)
+    general = build_model(dict(arch="mlp", input_dim=6, context=5, num_pdfs=10, hidden_dim=32, num_layers=2))
+    for d in ("one", "two"):
+        train_model(general, train, dev, TrainConfig(epochs=3, batch_size=64, lr=3e-3, seed=5), tmp_path / d / "g",
+                    progress=False)
+        torch.manual_seed(0)
+        general = build_model(dict(general.config))
+    report = tmp_path / "report"
+    report.mkdir()
+    _launch(_specialist_worker, str(tmp_path / "two"), str(report))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank
+    try:
+        system, dev = _specialists(tmp_path / "one")
+        reference = system.log_posteriors(dev)
+    finally:
+        torch.set_num_threads(threads)
+    n = len(system.subsets)
+    assert n >= 2 and all((tmp_path / "two" / "spec" / f"specialist{m}" / "best.pt").is_file() for m in range(n))
+    for r in range(WORLD):
+        got = np.load(report / f"rank{r}.npz")
+        assert set(got.files) == set(reference)
+        for u in reference:
+            np.testing.assert_allclose(got[u], reference[u], atol=1e-4)

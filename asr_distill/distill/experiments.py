@@ -267,8 +267,8 @@ def run_streaming(run: DistillRunner, s: DistillSettings) -> list:
 
 
 def run_specialists(run: DistillRunner, s: DistillSettings) -> dict:
-    if parallel.is_distributed():
-        raise ValueError("specialists: run stage 6 in one process (each specialist is small and quick to train)")
+    # under torchrun each rank trains its share of the specialists on the whole training set, not a shard
+    train = run.frames["train"] if run.shard is None else run._open("train")[0]
     generalist = fit_windows(load_model(run.exp.system_checkpoint(s.generalist), run.device), run.left,
                              run.right).eval()
     k = s.num_specialists
@@ -277,9 +277,11 @@ def run_specialists(run: DistillRunner, s: DistillSettings) -> dict:
     soft = f"-T{s.T:g}a{s.specialist_alpha:g}" if s.specialist_alpha > 0 else ""
     name = f"specialists-{s.generalist}-k{k}-o{overlap}-e{s.specialist_epochs}{soft}"
     cfg = TrainConfig(**{**run.train_config, "seed": 100, "epochs": s.specialist_epochs})
-    system = SpecialistSystem.fit(generalist, run.frames["train"], run.frames["dev"], run.exp.system_dir(name),
+    system = SpecialistSystem.fit(generalist, train, run.frames["dev"], run.exp.system_dir(name),
                                   cfg, k, overlap, run.left, run.right, s.specialist_top_n, teachers=run.teachers,
                                   T=s.T, alpha=s.specialist_alpha)
+    if not run.main:  # rank 0 alone combines, decodes and writes
+        return {}
     post = {split: system.log_posteriors(run.frames[split]) for split in ("dev", "test")}  # test last
     extra = {"generalist": s.generalist, "num_specialists": len(system.subsets), "overlap": overlap,
              "specialist_epochs": s.specialist_epochs, "specialist_targets":

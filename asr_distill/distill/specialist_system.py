@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..nnet import parallel
 from ..nnet.checkpoint import load_model
 from ..nnet.frames import FrameSet
 from ..nnet.models import build_model, count_parameters, fit_windows, model_flops_per_frame
@@ -133,12 +134,15 @@ class SpecialistSystem(nn.Module):
             raise ValueError("specialists need the resident frame path with labels (--frames resident)")
         out_dir = Path(out_dir)
         subsets_path = out_dir / "subsets.json"
-        if subsets_path.exists():
-            subsets = [np.asarray(s) for s in read_json(subsets_path)["subsets"]]
-        else:
+        if not subsets_path.exists() and parallel.is_main():
             subsets = choose_subsets(generalist, train, num_specialists, overlap, config.seed)
             write_json({"subsets": [s.tolist() for s in subsets], "num_specialists": num_specialists,
                         "overlap": overlap}, subsets_path)
+        parallel.barrier()
+        subsets = [np.asarray(s) for s in read_json(subsets_path)["subsets"]]
+        # under torchrun the ranks share the specialists out (specialist m on rank m mod world), each training
+        # alone on the whole training set; then every rank loads them all
+        rank, world = parallel.rank(), parallel.world_size()
         num_classes = int(generalist.config["num_pdfs"])
         labelled = int((train.labels >= 0).sum())
         offsets = train.offsets.numpy()
@@ -154,15 +158,22 @@ class SpecialistSystem(nn.Module):
                 i = position[utt_index]
                 return selected[offsets[i]:offsets[i + 1]]
 
-            model = fit_windows(specialist_from(generalist, subset, build_model), left, right)
             d = out_dir / f"specialist{m}"
-            log.info("specialist %d: %d classes, %d of their frames + %d others", m, len(subset), inside,
-                     int(selected.sum()) - inside)
             ratio = dustbin_log_prior_ratio(inside / labelled, inside / max(1, int(selected.sum())))
-            loss = SpecialistTargets(teachers, subset, T, alpha, ratio) if alpha > 0 else CrossEntropyLoss()
-            train_model(model, local_train, local_dev, config, d, loss=loss, keep=keep, progress=progress)
-            specialists.append(fit_windows(load_model(d / "best.pt", train.device), left, right).eval())
             ratios.append(ratio)
+            if m % world != rank:
+                continue
+            model = fit_windows(specialist_from(generalist, subset, build_model), left, right)
+            log.info("specialist %d%s: %d classes, %d of their frames + %d others", m,
+                     f" (rank {rank})" if world > 1 else "", len(subset), inside, int(selected.sum()) - inside)
+            loss = SpecialistTargets(teachers, subset, T, alpha, ratio) if alpha > 0 else CrossEntropyLoss()
+            with parallel.solo():
+                train_model(model, local_train, local_dev, config, d, loss=loss, keep=keep,
+                            progress=progress and world == 1)
+        parallel.barrier()
+        for m in range(len(subsets)):
+            specialists.append(fit_windows(load_model(out_dir / f"specialist{m}" / "best.pt", train.device), left,
+                                           right).eval())
         return cls(generalist, specialists, subsets, ratios, top_n)
 
     @torch.no_grad()

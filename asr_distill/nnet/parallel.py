@@ -12,17 +12,18 @@ helpers unconditionally and a 1-process run behaves exactly as before.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["init_distributed", "shutdown", "is_distributed", "rank", "world_size", "local_rank", "is_main",
+__all__ = ["init_distributed", "shutdown", "is_distributed", "solo", "rank", "world_size", "local_rank", "is_main",
            "barrier", "average_gradients", "broadcast_module", "broadcast_object", "all_reduce",
            "shard_utterances", "shard_frame_index", "device_for", "resolve_device", "current_shard"]
 
@@ -63,8 +64,24 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+# Inside solo(): this process acts alone (every helper here a 1-process no-op) although the group exists.
+_solo = False
+
+
 def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return not _solo and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextlib.contextmanager
+def solo() -> Iterator[None]:
+    """Within the block this rank trains on its own, as a 1-process run (its own checkpoints, no collectives):
+    for models that ranks share out instead of training together (one specialist per rank)."""
+    global _solo
+    before, _solo = _solo, True
+    try:
+        yield
+    finally:
+        _solo = before
 
 
 def rank() -> int:
