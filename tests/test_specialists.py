@@ -9,7 +9,7 @@ import torch
 
 from asr_distill.distill.specialists import (active_specialists, balanced_selection, cluster_classes, combine,
                                              coverage, dustbin_labels, dustbin_log_prior_ratio, grow_subsets,
-                                             membership, prediction_covariance, specialist_from)
+                                             membership, prediction_covariance, share_out, specialist_from)
 from asr_distill.nnet.models import build_model
 
 GROUPS = [[0, 1, 2], [3, 4], [5, 6, 7], [8, 9]]
@@ -82,6 +82,16 @@ def test_soft_targets_teach_the_balanced_priors_that_inference_undoes(T):
     else:  # the dustbin is a sum of classes, which no power commutes with: only the subset's proportions are exact
         torch.testing.assert_close(at_inference[:, :3] / at_inference[:, :3].sum(1, keepdim=True),
                                    folded_t1[:, :3] / folded_t1[:, :3].sum(1, keepdim=True), rtol=1e-4, atol=1e-5)
+
+
+def test_specialists_are_shared_out_longest_first():
+    """One large cluster and several small ones, as on AN4 (costs in thousands of frames)."""
+    costs = [226, 37, 10, 45, 44, 21, 12, 37]
+    owner = share_out(costs, 2)
+    loads = [sum(c for c, o in zip(costs, owner) if o == w) for w in range(2)]
+    assert owner[0] == 0 and max(loads) == 226  # the largest job alone on one worker: the best possible
+    assert share_out(costs, 1) == [0] * 8 and share_out([], 3) == []
+    assert sorted(share_out([5, 5, 5], 3)) == [0, 1, 2]
 
 
 def test_specialist_starts_as_the_generalist_on_its_subset():

@@ -22,7 +22,7 @@ from ..utils import read_json, write_json
 from .loss import distillation_loss
 from .specialists import (active_specialists, balanced_selection, cluster_classes, combine, coverage,
                           dustbin_labels, dustbin_log_prior_ratio, grow_subsets, membership, prediction_covariance,
-                          specialist_from)
+                          share_out, specialist_from)
 
 __all__ = ["SpecialistSystem", "SpecialistTargets", "choose_subsets"]
 
@@ -140,14 +140,17 @@ class SpecialistSystem(nn.Module):
                         "overlap": overlap}, subsets_path)
         parallel.barrier()
         subsets = [np.asarray(s) for s in read_json(subsets_path)["subsets"]]
-        # under torchrun the ranks share the specialists out (specialist m on rank m mod world), each training
-        # alone on the whole training set; then every rank loads them all
+        # under torchrun the ranks share the specialists out (:func:`share_out`), each training alone on the whole
+        # training set; then every rank loads them all
         rank, world = parallel.rank(), parallel.world_size()
         num_classes = int(generalist.config["num_pdfs"])
         labelled = int((train.labels >= 0).sum())
         offsets = train.offsets.numpy()
         position = {u: i for i, u in enumerate(train.utt_index or range(len(train.utt_ids)))}
         specialists, ratios = [], []
+        # specialist m's training cost ~ its selected frames (twice its subset's): shared out longest first
+        counts = np.bincount(train.labels[train.labels >= 0].cpu().numpy(), minlength=num_classes)
+        owner = share_out([2 * int(counts[s].sum()) for s in subsets], world)
         for m, subset in enumerate(subsets):
             local_train, mask = _local_frames(train, subset, num_classes, config.seed + m, drop_unselected=False)
             local_dev, _ = _local_frames(dev, subset, num_classes, config.seed + m, drop_unselected=True)
@@ -161,7 +164,7 @@ class SpecialistSystem(nn.Module):
             d = out_dir / f"specialist{m}"
             ratio = dustbin_log_prior_ratio(inside / labelled, inside / max(1, int(selected.sum())))
             ratios.append(ratio)
-            if m % world != rank:
+            if owner[m] != rank:
                 continue
             model = fit_windows(specialist_from(generalist, subset, build_model), left, right)
             log.info("specialist %d%s: %d classes, %d of their frames + %d others", m,

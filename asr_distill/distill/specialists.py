@@ -28,7 +28,7 @@ from torch import nn
 
 __all__ = ["prediction_covariance", "cluster_classes", "grow_subsets", "coverage", "dustbin_labels",
            "balanced_selection", "dustbin_log_prior_ratio", "specialist_from", "membership", "active_specialists",
-           "combine"]
+           "combine", "share_out"]
 
 
 def prediction_covariance(probs: Union[torch.Tensor, Iterable[torch.Tensor]]) -> torch.Tensor:
@@ -120,6 +120,18 @@ def balanced_selection(local_labels: torch.Tensor, dustbin: int, seed: int) -> t
     mask = inside.clone()
     mask[take] = True
     return mask.to(local_labels.device)
+
+
+def share_out(costs: Sequence[float], workers: int) -> List[int]:
+    """The worker of each job: longest first, each to the least-loaded worker so far (LPT scheduling: the busiest
+    worker's load is within 4/3 of the best possible).  Deterministic, so every rank computes the same plan."""
+    load = [0.0] * max(1, workers)
+    owner = [0] * len(costs)
+    for j in sorted(range(len(costs)), key=lambda j: (-costs[j], j)):
+        w = min(range(len(load)), key=lambda w: (load[w], w))
+        owner[j] = w
+        load[w] += costs[j]
+    return owner
 
 
 def dustbin_log_prior_ratio(true_subset_fraction: float, train_subset_fraction: float) -> torch.Tensor:
