@@ -58,8 +58,8 @@ def _local_frames(frames: FrameSet, subset: np.ndarray, num_classes: int, seed: 
 
 class SpecialistTargets(FrameLoss):
     """A specialist's loss with soft targets: ``alpha * T^2 * KL + (1 - alpha) * CE`` against the teachers'
-    (arithmetic-mean) posterior at temperature ``T`` folded into the specialist's classes (the subset's
-    probabilities, and their complement as the dustbin's).  The paper (section 6) finds soft targets keep
+    posteriors folded into the specialist's classes (the subset's, and the rest's sum as the dustbin's), softened
+    at temperature ``T`` and averaged over the teachers.  The paper (section 6) finds soft targets keep
     specialists, which see little data, from overfitting.
 
     The teachers' posterior carries the corpus's priors, the hard labels the balanced selection's.  With
@@ -88,12 +88,21 @@ class SpecialistTargets(FrameLoss):
         return {"loss": "specialist-distillation", "T": self.T, "alpha": self.alpha, "teachers": len(self.teachers),
                 "balanced_priors": self.shift is not None}
 
+    def fold(self, logits: torch.Tensor) -> torch.Tensor:
+        """A teacher's logits over all classes -> over the specialist's: the subset's, and the log of the summed
+        probability of the rest (the dustbin is ONE class of the specialist, so it is summed at T = 1 and only then
+        softened; summing softened probabilities instead would hand the dustbin most of the mass at high T, the
+        hundreds of classes outside a small subset each keeping a share)."""
+        z = logits.float()
+        outside = torch.ones(z.shape[1], dtype=torch.bool, device=z.device)
+        outside[self.subset] = False
+        return torch.cat([z[:, self.subset], torch.logsumexp(z[:, outside], 1, keepdim=True)], 1)
+
     @torch.no_grad()
     def targets(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, len(subset) + 1)`` soft targets of windows ``x``."""
-        p = torch.stack([torch.softmax(t(x).float() / self.T, -1) for t in self.teachers]).mean(0)
-        inside = p[:, self.subset]
-        folded = torch.cat([inside, (1.0 - inside.sum(1, keepdim=True)).clamp_min(0.0)], 1)
+        """``(B, len(subset) + 1)`` soft targets of windows ``x``: the teachers' folded posteriors at temperature
+        ``T``, averaged."""
+        folded = torch.stack([torch.softmax(self.fold(t(x)) / self.T, -1) for t in self.teachers]).mean(0)
         if self.shift is not None:
             folded = folded * self.shift.exp()
             folded = folded / folded.sum(1, keepdim=True)
