@@ -410,8 +410,9 @@ def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experimen
                                  param_hint="--stream-right") from None
     if not rights or min(rights) < 0:
         raise click.BadParameter(f"{stream_right!r}: expected frame counts >= 0", param_hint="--stream-right")
-    if teacher_precision == "fp8" and fp8_support(device) is not None:
-        raise click.BadParameter(f"{fp8_support(device)}; leave it at auto", param_hint="--teacher-precision")
+    unsupported = fp8_support(device) if teacher_precision == "fp8" else None
+    if unsupported:
+        raise click.BadParameter(f"{unsupported}; leave it at auto", param_hint="--teacher-precision")
     out = stage_distill(exp, device, jobs, temperature, alpha, mean, teacher_source, topk, names,
                         _train_config(epochs, batch_size, lr, weight_decay, patience),
                         recipe_overrides(student_epochs, noise_std, freq_mask), candidates, frames=frames,

@@ -268,7 +268,7 @@ def run_streaming(run: DistillRunner, s: DistillSettings) -> list:
 
 def run_specialists(run: DistillRunner, s: DistillSettings) -> dict:
     # under torchrun each rank trains its share of the specialists on the whole training set, not a shard
-    train = run.frames["train"] if run.shard is None else run._open("train")[0]
+    train = run.whole_train()
     generalist = fit_windows(load_model(run.exp.system_checkpoint(s.generalist), run.device), run.left,
                              run.right).eval()
     k = s.num_specialists

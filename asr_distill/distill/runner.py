@@ -63,6 +63,11 @@ class DistillRunner:
         self.ensemble_acc, self.ensemble_wer = ensemble["frame_acc"], ensemble["wer"]
         self.ensemble_dev_acc = ensemble.get("dev_frame_acc", float("nan"))
 
+    def whole_train(self):
+        """The whole training set's frames: this rank's shard is not enough under torchrun (the top-k cache and
+        the specialists cover every utterance)."""
+        return self.frames["train"] if self.shard is None else self._open("train")[0]
+
     def _open(self, split: str, shard=None, topk_manifest=None):
         return open_frames(self.exp.frame_source(split, topk_manifest), self.left, self.right, self.device, shard,
                            mode=self.frame_mode)
@@ -97,7 +102,7 @@ class DistillRunner:
         the stream's batches (``targets`` is then None)."""
         manifest = self.exp.topk_manifest(T, k, self.mean)
         if self.main and not manifest.exists():
-            full = self.frames["train"] if self.shard is None else self._open("train")[0]
+            full = self.whole_train()
             stack = StackedTeachers(self.teachers, device=self.device, mode=self.teacher_mode)
             write_topk_cuts(stack, full, self.exp.frame_source("train").cuts(), T, k, manifest.parent / "arrays",
                             manifest, mean=self.mean)
