@@ -106,6 +106,10 @@ def _markdown(rows: List[List[str]]) -> List[str]:
     return lines
 
 
+def _recipe_text(recipe: Optional[Dict[str, Any]]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(recipe.items())) if recipe else "teachers'"
+
+
 def format_table1(table: Dict[str, Any]) -> List[str]:
     """Stage 6's Table 1: the seeds' mean +- sample standard deviation of baseline and students, and the fraction of
     the ensemble's frame-accuracy gain each student recovers (from the means; the per-seed fractions' spread)."""
@@ -113,16 +117,24 @@ def format_table1(table: Dict[str, Any]) -> List[str]:
         return f"{entry[key]:.2f} +- {entry[key + '_std']:.2f}"
 
     n = len(table["seeds"])
-    rows = [["system", "test frame acc %", "test WER %", "dev WER %", "recovered"],
-            ["ensemble", _fmt(table["ensemble_frame_acc"]), _fmt(table.get("ensemble_wer")), "-", "-"],
-            ["baseline", pm(table["baseline"], "frame_acc"), pm(table["baseline"], "wer"),
-             pm(table["baseline"], "dev_wer"), "-"]]
+    recipe = table.get("recipe") or {}
+    rows = [["system", "recipe", "test frame acc %", "dev frame acc %", "test WER %", "dev WER %", "recovered"],
+            ["ensemble", "-", _fmt(table["ensemble_frame_acc"]), _fmt(table.get("ensemble_dev_frame_acc")),
+             _fmt(table.get("ensemble_wer")), _fmt(table.get("ensemble_dev_wer")), "-"],
+            ["baseline", _recipe_text(table.get("baseline_recipe", recipe)), pm(table["baseline"], "frame_acc"),
+             pm(table["baseline"], "dev_frame_acc"), pm(table["baseline"], "wer"), pm(table["baseline"], "dev_wer"),
+             "-"]]
     for source in ("live", "cache"):
         if source in table:
             st = table[source]
-            rows.append([f"student ({source})", pm(st, "frame_acc"), pm(st, "wer"), pm(st, "dev_wer"),
+            # a cached student sees clean windows only (its targets are theirs): no perturbation
+            used = recipe if source == "live" else \
+                {**{k: v for k, v in recipe.items() if k == "epochs"}, "noise_std": 0, "freq_mask": 0}
+            rows.append([f"student ({source})", _recipe_text(used), pm(st, "frame_acc"), pm(st, "dev_frame_acc"),
+                         pm(st, "wer"), pm(st, "dev_wer"),
                          f"{st['recovered_fraction']:.2f} +- {st['recovered_fraction_std']:.2f}"])
-    return [f"Table 1: T {table['T']:g}, alpha {table['alpha']:g}, {n} seed(s) each, mean +- sd", *_markdown(rows)]
+    return [f"Table 1: T {table['T']:g}, alpha {table['alpha']:g}, {n} seed(s) each, mean +- sd "
+            "(recipe: the overrides of the teachers' training)", *_markdown(rows)]
 
 
 def update_experiment(exp_dir: Pathlike, key: str, value: Any) -> None:

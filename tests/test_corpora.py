@@ -15,6 +15,7 @@ import pytest
 
 from asr_distill.data import prepare_corpus, read_kaldi_dir
 from asr_distill.data import CorpusError
+from asr_distill.distill.recipes import student_dir as _student_dir
 from conftest import REPO, SLICE, read_transcription
 
 sys.path.insert(0, str(REPO / "tools"))
@@ -244,9 +245,19 @@ def test_yesno_recipe_stages_0_to_6_with_dev_selection(tmp_path):
     assert [r["recipe"] for r in select["rows"][2:]] == [{"epochs": 2}, {"epochs": 3, "noise_std": 0.3, "freq_mask": 4}]
     chosen = max(select["rows"][:2], key=lambda r: r["dev_frame_acc"])
     assert select["chosen"] == chosen
+    # the baseline's recipe: the one its own hard-label control did best with on dev (each system tuned alike)
+    assert select["chosen_baseline"] == max(select["rows"][2:], key=lambda r: r["dev_frame_acc"])
     # the choice carries into table 1: the live student is trained with it, the cached one without perturbation
     table1 = results["experiments"]["table1"]
     assert (table1["T"], table1["alpha"]) == (chosen["T"], chosen["alpha"])
+    assert table1["recipe"] == chosen["recipe"] and table1["baseline_recipe"] == select["chosen_baseline"]["recipe"]
+    base_train = json.loads((exp / "distill" / "baseline" / "config.json").read_text())["train"]
+    assert base_train["epochs"] == select["chosen_baseline"]["recipe"]["epochs"]
+    # table 1's first seeds are select's runs of the same training, taken over rather than trained again
+    chosen_dir = exp / "distill" / _student_dir(chosen["T"], chosen["alpha"], chosen["recipe"])
+    control_dir = exp / "distill" / _student_dir(1.0, 0.0, select["chosen_baseline"]["recipe"])
+    assert (exp / "distill" / "student" / "log.csv").read_bytes() == (chosen_dir / "log.csv").read_bytes()
+    assert (exp / "distill" / "baseline" / "log.csv").read_bytes() == (control_dir / "log.csv").read_bytes()
     assert rows["student"]["T"] == chosen["T"] and rows["student-top16"]["teacher_source"] == "cache"
     assert "noise_std" not in rows["student-top16"]
     for name in ("sweep-T2-a0.5-e2", "sweep-T5-a0.9-e3-f4-n0.3", "sweep-T1-a0-e3-f4-n0.3", "student"):

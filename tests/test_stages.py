@@ -134,6 +134,18 @@ def test_stages_4_to_6_through_the_library(exp, tmp_path, frames):
         topk = work.topk_manifest(2.0, 16, "arithmetic")
         meta = topk.with_name(topk.name.replace(".jsonl.gz", ".json"))
         assert topk.is_file() and json.loads(meta.read_text())["k"] == 16
+    if frames == "resident":
+        # a finished run is taken over under another name only when it is the same training (config and seed)
+        from asr_distill.distill.runner import DistillRunner
+        run = DistillRunner(work, "cpu", 1, {"epochs": 2}, frames=frames, scorer_options=GRID)
+        _, same = run.train("baseline-again", run.teacher_config, seed=100, reuse="baseline")
+        assert (work.system_dir("baseline-again") / "log.csv").read_bytes() == \
+            (work.system_dir("baseline") / "log.csv").read_bytes() and same["epochs_run"] == 2
+        _, other = run.train("baseline-seed7", run.teacher_config, seed=7, reuse="baseline")
+        seed7 = json.loads((work.system_dir("baseline-seed7") / "config.json").read_text())["train"]
+        assert seed7["seed"] == 7 and other["finished"] and other["epochs_run"] == 2
+        assert (work.system_dir("baseline-seed7") / "log.csv").read_bytes() != \
+            (work.system_dir("baseline") / "log.csv").read_bytes()
 
 
 def test_resident_and_streaming_training_agree_within_seed_noise(exp, tmp_path):

@@ -24,7 +24,7 @@ from ..decode.scorer import TUNERS
 from ..deploy.export import export_model
 from ..deploy.measure import measure_model_dir
 from ..deploy.transcribe import main as transcribe_main
-from ..distill.experiments import check_experiments
+from ..distill.experiments import BASELINE_CHOICES, check_experiments
 from ..distill.teachers import fp8_support
 from ..distill.recipes import parse_select_candidates, recipe_overrides
 from ..experiment import Experiment, ExperimentBusy, StageOptionsChanged
@@ -345,8 +345,9 @@ def evaluate(exp, jobs, device, frames, dev_tuning, decoder):
               help="comma-separated: select, table1, table5, sweep, compression, small, specialists, streaming, "
                    "sequence (k2) "
                    "(select runs "
-                   "first and sets T, alpha and the student recipe of the others, on DEV frame accuracy; small: the "
-                   "deployable student, --small-fraction of a teacher's parameters)")
+                   "first and sets T, alpha and the student recipe of the others, on DEV frame accuracy, and the "
+                   "baseline's recipe (--baseline-recipe); small: the deployable student, --small-fraction of a "
+                   "teacher's parameters)")
 @click.option("--small-fraction", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.25,
               show_default=True, help="small: the student's share of a teacher's parameters")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
@@ -381,6 +382,9 @@ def evaluate(exp, jobs, device, frames, dev_tuning, decoder):
 @click.option("--select-candidates", default=None,
               help="for --experiments select: comma-separated T:alpha[:epochs[:noise_std[:freq_mask]]] "
                    "[default: 3 (T, alpha) pairs x 3 recipes]")
+@click.option("--baseline-recipe", type=click.Choice(list(BASELINE_CHOICES)), default="own", show_default=True,
+              help="with --experiments select: table 1's baseline takes the recipe that its own hard-label control "
+                   "did best with on dev (own: both systems tuned alike) or the student's chosen recipe (shared)")
 @click.option("--teacher-precision", type=click.Choice(["auto", "fp8"]), default="auto", show_default=True,
               help="live teachers' matmuls: auto (bf16 on CUDA, fp32 on the CPU) or fp8 (per-channel scaled "
                    "e4m3 through torch._scaled_mm; GPUs of compute capability 8.9+ only)")
@@ -391,8 +395,8 @@ def evaluate(exp, jobs, device, frames, dev_tuning, decoder):
 def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experiments, small_fraction, seeds,
             student_epochs, generalist, num_specialists, specialist_overlap, specialist_epochs, specialist_alpha,
             specialist_top_n, sequence_from, sequence_epochs, sequence_lr, sequence_frame_weight,
-            stream_right, noise_std, freq_mask, select_candidates, teacher_precision, dev_tuning, decoder, device,
-            frames, epochs, batch_size, lr, weight_decay, patience):
+            stream_right, noise_std, freq_mask, select_candidates, baseline_recipe, teacher_precision, dev_tuning,
+            decoder, device, frames, epochs, batch_size, lr, weight_decay, patience):
     """Stage 6: hard-label baseline and distilled student(s), same recipe and seeds; optional paper experiments."""
     names = [e.strip() for e in experiments.split(",") if e.strip()]
     try:
@@ -418,7 +422,7 @@ def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experimen
                         recipe_overrides(student_epochs, noise_std, freq_mask), candidates, frames=frames,
                         seeds=seeds, stream_right=rights, small_fraction=small_fraction,
                         scorer_options={"tuning": dev_tuning, "decoder": decoder},
-                        teacher_precision=teacher_precision,
+                        teacher_precision=teacher_precision, baseline_choice=baseline_recipe,
                         specialists=dict(generalist=generalist, num_specialists=num_specialists,
                                          specialist_overlap=specialist_overlap, specialist_epochs=specialist_epochs,
                                          specialist_alpha=specialist_alpha, specialist_top_n=specialist_top_n,

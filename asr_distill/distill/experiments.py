@@ -1,12 +1,16 @@
 """The paper's experiments on a corpus, as a table ``{name: function}`` that stage 6 runs in order.
 
-* ``select`` (runs first): students for each (T, alpha, student recipe) candidate, plus hard-label controls trained
-  with each non-default recipe; the candidate with the best DEV frame accuracy sets T, alpha and the student recipe
-  of the call's other experiments.  Test frame accuracy is recorded for every row and never used.
-* ``table1``: a hard-label baseline with the student's (= a teacher's) architecture and training recipe vs the
-  distilled student, each trained with several seeds; the fraction of the ensemble's test-frame-accuracy gain over
-  the baseline that the student recovers (from the means, with its spread).  The teachers run live, or their soft
-  targets come from a top-k cache, or ``both`` are compared.
+* ``select`` (runs first): students for each (T, alpha, student recipe) candidate, plus a hard-label control for
+  each recipe the candidates use; the candidate with the best DEV frame accuracy sets T, alpha and the student
+  recipe of the call's other experiments, and the control with the best DEV frame accuracy sets table 1's
+  baseline recipe (``baseline_choice="own"``: each system gets the same choice of recipes, tuned on its own dev
+  accuracy; ``"shared"``: the baseline takes the student's).  Test frame accuracy is recorded for every row and
+  never used.
+* ``table1``: a hard-label baseline with the student's (= a teacher's) architecture vs the distilled student, each
+  trained with several seeds and the same recipe (or each with its own recipe chosen on dev by ``select``); the
+  fraction of the ensemble's test-frame-accuracy gain over the baseline that the student recovers (from the means,
+  with its spread).  The teachers run live, or their soft targets come from a top-k cache, or ``both`` are
+  compared.  The first seed reuses ``select``'s run of the same training instead of repeating it.
 * ``table5``: 3% of the training frames, hard targets vs the ensemble's soft targets (test frame accuracy).
 * ``sweep``: T in {1, 2, 5, 10} x alpha in {0, 0.5, 0.9}, test and dev frame accuracy, and a plot.
 * ``compression``: distilled students with 1, 1/4 and 1/16 of a teacher's parameters, each against a hard-label
@@ -52,9 +56,12 @@ from .recipes import SELECT_PAIRS, SELECT_RECIPES, hidden_for_params, student_di
 from .runner import DistillRunner
 from .specialist_system import SpecialistSystem
 
-__all__ = ["DistillSettings", "EXPERIMENTS", "check_experiments", "run_experiments", "seed_summary", "recovered"]
+__all__ = ["DistillSettings", "BASELINE_CHOICES", "EXPERIMENTS", "check_experiments", "run_experiments", "seed_summary", "recovered"]
 
 log = logging.getLogger(__name__)
+
+# select: table 1's baseline takes the recipe its own hard-label control did best with on dev, or the student's
+BASELINE_CHOICES = ("own", "shared")
 
 
 @dataclass
@@ -65,6 +72,8 @@ class DistillSettings:
     alpha: float = 0.5
     mean: str = "arithmetic"
     recipe: dict = field(default_factory=dict)  # student training overrides (epochs, noise_std, freq_mask)
+    baseline_recipe: Optional[dict] = None  # table 1's baseline's overrides (None: the student's ``recipe``)
+    baseline_choice: str = "own"  # select: the baseline's recipe chosen on its own dev accuracy, or the student's
     teacher_source: str = "live"  # live, cache or both
     topk: int = 16
     select_candidates: Optional[Sequence[Tuple[float, float, dict]]] = None
@@ -86,8 +95,14 @@ class DistillSettings:
 def run_select(run: DistillRunner, s: DistillSettings) -> dict:
     candidates = list(s.select_candidates) if s.select_candidates is not None else \
         [(t, a, dict(r)) for r in SELECT_RECIPES for t, a in SELECT_PAIRS]
-    # hard labels + each recipe: how much of a student's gain is the recipe's rather than the teachers'?
-    controls = {student_dir(1.0, 0.0, r): r for _, _, r in candidates if r}
+    if s.baseline_choice not in BASELINE_CHOICES:
+        raise ValueError(f"baseline_choice {s.baseline_choice!r}: choose from {', '.join(BASELINE_CHOICES)}")
+    # a hard-label control per recipe: how much of a student's gain is the recipe's rather than the teachers'?  and,
+    # with more than one recipe, the baseline's own choice among them (the teachers' recipe needs no control when
+    # it is the only one: table 1's baseline is that run)
+    controls = {student_dir(1.0, 0.0, r): r for _, _, r in candidates}
+    if list(controls.values()) == [{}]:
+        controls = {}
     rows = []
     for t, a, r in candidates + [(1.0, 0.0, r) for r in controls.values()]:
         m, summ = run.train(student_dir(t, a, r), run.teacher_config, T=t, alpha=a, **r)
@@ -95,10 +110,18 @@ def run_select(run: DistillRunner, s: DistillSettings) -> dict:
                      "dev_frame_acc": run.frame_acc(m, "dev"), "test_frame_acc": run.frame_acc(m)})
         log.info("select %s", rows[-1])
     chosen = max((r for r in rows if r["candidate"]), key=lambda r: r["dev_frame_acc"])
-    chosen = parallel.broadcast_object(chosen)  # under torchrun only rank 0 scores: all go on with its choice
+    baseline = max((r for r in rows if not r["candidate"]), key=lambda r: r["dev_frame_acc"], default=None)
+    # under torchrun only rank 0 scores: all go on with its choice
+    chosen, baseline = parallel.broadcast_object((chosen, baseline))
     s.T, s.alpha, s.recipe = chosen["T"], chosen["alpha"], dict(chosen["recipe"])
-    log.info("chosen on dev: T=%g alpha=%g recipe=%s", s.T, s.alpha, s.recipe or "the teachers'")
-    table = {"rows": rows, "chosen": chosen}
+    s.baseline_recipe = dict(baseline["recipe"]) if baseline is not None and s.baseline_choice == "own" \
+        else dict(s.recipe)
+    log.info("chosen on dev: T=%g alpha=%g recipe=%s; the baseline's recipe %s", s.T, s.alpha,
+             s.recipe or "the teachers'", s.baseline_recipe or "the teachers'")
+    table = {"rows": rows, "chosen": chosen, "baseline_choice": s.baseline_choice,
+             "baseline_recipe": s.baseline_recipe}
+    if baseline is not None:
+        table["chosen_baseline"] = baseline
     if run.main:
         update_experiment(run.exp.dir, "select", table)
     return table
@@ -143,26 +166,30 @@ def _student_rows(run: DistillRunner, s: DistillSettings, source: str, seeds: Se
     name = "student" if source == "live" else f"student-top{s.topk}"
     rows = []
     for i, seed in enumerate(seeds):
+        reuse = student_dir(s.T, s.alpha, use) if i == 0 and source == "live" else None  # select's run of it
         student, _ = run.train(seed_name(name, i), run.teacher_config, T=s.T, alpha=s.alpha, cache=cache, seed=seed,
-                               **use)
+                               reuse=reuse, **use)
         rows.append(run.decode(seed_name(name, i), "student", student, {**extra, "seed": seed}))
     return extra, rows
 
 
 def run_table1(run: DistillRunner, s: DistillSettings) -> dict:
     """The fair protocol: baseline and student share the recipe (the teachers' unless ``s.recipe`` overrides it for
-    both) and the seeds; only the targets differ.  The recovered fraction is computed from the seeds' means; its
-    spread is that of the per-seed fractions (seed i's student against seed i's baseline)."""
+    both, or ``select`` chose each its own on dev) and the seeds; only the targets differ.  The recovered fraction
+    is computed from the seeds' means; its spread is that of the per-seed fractions (seed i's student against seed
+    i's baseline)."""
     seeds = [100 + i for i in range(s.seeds)]
+    brecipe = s.recipe if s.baseline_recipe is None else s.baseline_recipe
     base_rows = []
     for i, seed in enumerate(seeds):
-        baseline, _ = run.train(seed_name("baseline", i), run.teacher_config, seed=seed, **s.recipe)
+        baseline, _ = run.train(seed_name("baseline", i), run.teacher_config, seed=seed,
+                                reuse=student_dir(1.0, 0.0, brecipe) if i == 0 else None, **brecipe)
         base_rows.append(run.decode(seed_name("baseline", i), "baseline", baseline,
-                                    {"seed": seed, **{k: v for k, v in s.recipe.items() if v}}))
+                                    {"seed": seed, **{k: v for k, v in brecipe.items() if v}}))
     base = seed_summary(base_rows)
-    table = {"T": s.T, "alpha": s.alpha, "mean": s.mean, "recipe": s.recipe, "seeds": seeds,
-             "ensemble_frame_acc": run.ensemble_acc, "ensemble_dev_frame_acc": run.ensemble_dev_acc,
-             "ensemble_wer": run.ensemble_wer,
+    table = {"T": s.T, "alpha": s.alpha, "mean": s.mean, "recipe": s.recipe, "baseline_recipe": brecipe,
+             "seeds": seeds, "ensemble_frame_acc": run.ensemble_acc, "ensemble_dev_frame_acc": run.ensemble_dev_acc,
+             "ensemble_wer": run.ensemble_wer, "ensemble_dev_wer": run.ensemble_dev_wer,
              "baseline_frame_acc": base["frame_acc"], "baseline_wer": base["wer"], "baseline": base}
     for source in (("live", "cache") if s.teacher_source == "both" else (s.teacher_source,)):
         extra, rows = _student_rows(run, s, source, seeds)

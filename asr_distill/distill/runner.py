@@ -8,6 +8,7 @@ parallel); only rank 0 (``main``) holds the test frames and the scorer, and scor
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import fields
 from typing import Dict, Optional, Tuple
 
@@ -17,7 +18,7 @@ from torch import nn
 from ..decode.scorer import Scorer
 from ..experiment import Experiment
 from ..nnet import parallel
-from ..nnet.checkpoint import load_model
+from ..nnet.checkpoint import CheckpointError, load_model
 from ..nnet.frame_data import load_topk_targets
 from ..nnet.frames import FrameSet
 from ..nnet.inference import frame_accuracy, log_posteriors
@@ -62,6 +63,7 @@ class DistillRunner:
         ensemble = read_json(exp.decode_dir(f"ensemble-{mean}") / "wer.json")
         self.ensemble_acc, self.ensemble_wer = ensemble["frame_acc"], ensemble["wer"]
         self.ensemble_dev_acc = ensemble.get("dev_frame_acc", float("nan"))
+        self.ensemble_dev_wer = ensemble.get("dev_wer", float("nan"))
 
     def whole_train(self):
         """The whole training set's frames: this rank's shard is not enough under torchrun (the top-k cache and
@@ -73,9 +75,41 @@ class DistillRunner:
                            mode=self.frame_mode)
 
     def train(self, name: str, config: dict, T: float = 1.0, alpha: float = 0.0, cache: Optional[Tuple] = None,
-              seed: int = 100, **train_overrides) -> Tuple[nn.Module, dict]:
+              seed: int = 100, reuse: Optional[str] = None, **train_overrides) -> Tuple[nn.Module, dict]:
         """Train system ``name`` (``EXP/distill/<name>``): hard labels (``alpha = 0``), live teachers, or the top-k
-        ``cache`` returned by :meth:`topk_cache`; returns (its best model, the training summary)."""
+        ``cache`` returned by :meth:`topk_cache`; returns (its best model, the training summary).  ``reuse``: a
+        finished system that may be this very training under another name (``select``'s run of the chosen
+        candidate is table 1's first seed): it is copied and taken when its training config and seed are the same,
+        and otherwise this one trains from the start."""
+        if reuse is not None and self._adopt(name, reuse):
+            try:
+                return self._train(name, config, T, alpha, cache, seed, **train_overrides)
+            except CheckpointError as e:  # another config or seed: not the same training after all
+                log.info("%s: not reused for %s (%s)", reuse, name, str(e).split(";")[0])
+                if self.main:
+                    shutil.rmtree(self.exp.system_dir(name))
+                parallel.barrier()
+        return self._train(name, config, T, alpha, cache, seed, **train_overrides)
+
+    def _adopt(self, name: str, source: str) -> bool:
+        """Copy the finished system ``source`` to ``name`` when ``name`` has no directory yet (rank 0 copies, every
+        rank gets the answer)."""
+        done = False
+        if self.main:
+            src, dst = self.exp.system_dir(source), self.exp.system_dir(name)
+            summary = src / "summary.json"
+            if not dst.exists() and summary.exists() and read_json(summary).get("finished") and \
+                    (src / "checkpoint.pt").exists():
+                tmp = dst.with_name(dst.name + ".tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(src, tmp)
+                tmp.rename(dst)
+                log.info("%s: starting from %s (the same training, if its config and seed agree)", name, source)
+                done = True
+        return bool(parallel.broadcast_object(done))
+
+    def _train(self, name: str, config: dict, T: float, alpha: float, cache: Optional[Tuple], seed: int,
+               **train_overrides) -> Tuple[nn.Module, dict]:
         out = self.exp.system_dir(name)
         torch.manual_seed(seed)
         model = fit_windows(build_model(config), self.left, self.right)  # a student of narrower context

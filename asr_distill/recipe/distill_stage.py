@@ -21,7 +21,8 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
                   select_candidates: Optional[Sequence[Tuple[float, float, dict]]] = None,
                   frames: str = "auto", scorer_options: Optional[dict] = None, seeds: int = 3,
                   stream_right: Sequence[int] = (2,), small_fraction: float = 0.25,
-                  specialists: Optional[dict] = None, teacher_precision: str = "auto") -> dict:
+                  specialists: Optional[dict] = None, teacher_precision: str = "auto",
+                  baseline_choice: str = "own") -> dict:
     """Stage 6: ``experiments`` (names of :data:`DISTILL_EXPERIMENTS`, run in that table's order).
 
     ``student_recipe`` overrides the teachers' training settings (e.g. ``epochs``, ``noise_std``, ``freq_mask``)
@@ -32,7 +33,8 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
     ``torchrun`` every system is trained data-parallel by all ranks; rank 0 alone decodes and writes the results.
     ``frames``: the frame path; ``scorer_options``: the :class:`~asr_distill.decode.scorer.Scorer`'s;
     ``teacher_precision``: ``fp8`` runs the live teachers' matmuls in FP8 (GPUs of compute capability 8.9 or
-    newer; refused elsewhere, naming why).
+    newer; refused elsewhere, naming why); ``baseline_choice``: with ``select``, whether table 1's baseline takes
+    the recipe its own hard-label control did best with on dev (``own``) or the student's (``shared``).
     """
     check_experiments(experiments)  # before the runner loads anything
     if seeds < 1:
@@ -48,5 +50,6 @@ def stage_distill(exp: Experiment, device: str = "cpu", jobs: int = 2, T: float 
     settings = DistillSettings(T=T, alpha=alpha, mean=mean, recipe=dict(student_recipe or {}),
                                teacher_source=teacher_source, topk=topk, select_candidates=select_candidates,
                                seeds=seeds, stream_right=tuple(stream_right),
-                               small_fraction=small_fraction, **(specialists or {}))
+                               small_fraction=small_fraction, baseline_choice=baseline_choice,
+                               **(specialists or {}))
     return run_experiments(run, experiments, settings)
