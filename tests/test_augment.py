@@ -143,3 +143,46 @@ def test_student_recipes_and_select_candidates_parse():
             parse_select_candidates(bad)
     assert _student_dir(2.0, 0.5, {}) == "sweep-T2-a0.5"
     assert _student_dir(5.0, 0.9, {"epochs": 30, "noise_std": 0.2, "freq_mask": 8}) == "sweep-T5-a0.9-e30-f8-n0.2"
+
+
+class _SelectRun:
+    """What ``run_select`` uses of a DistillRunner: trainings recorded, dev accuracies looked up by system name."""
+
+    main = False  # nothing written
+    teacher_config = {"arch": "mlp"}
+    train_config = {"epochs": 10, "noise_std": 0.2, "freq_mask": 8}
+
+    def __init__(self, dev_acc):
+        self.dev_acc, self.trained = dev_acc, []
+
+    def train(self, name, config, T=1.0, alpha=0.0, **recipe):
+        self.trained.append(name)
+        return name, {"best_epoch": 1}
+
+    def frame_acc(self, model, split="test"):
+        return self.dev_acc[model] if split == "dev" else 0.0
+
+
+@pytest.mark.parametrize("choice", ["own", "shared"])
+def test_select_tunes_the_baseline_recipe_on_its_own_dev_accuracy(choice):
+    from asr_distill.distill.experiments import DistillSettings, run_select
+
+    # the student does best with 20 epochs, the hard-label control with the teachers' 10
+    run = _SelectRun({"sweep-T5-a0.5": 43.3, "sweep-T5-a0.5-e20": 44.3, "sweep-T1-a0": 43.2, "sweep-T1-a0-e20": 42.5})
+    # "epochs 10" and "noise 0.2" are the teachers' own settings: no override, so no second training
+    s = DistillSettings(select_candidates=[(5.0, 0.5, {}), (5.0, 0.5, {"epochs": 10}),
+                                           (5.0, 0.5, {"epochs": 20, "noise_std": 0.2})], baseline_choice=choice)
+    table = run_select(run, s)
+    assert run.trained == ["sweep-T5-a0.5", "sweep-T5-a0.5-e20", "sweep-T1-a0", "sweep-T1-a0-e20"]
+    assert (s.T, s.alpha, s.recipe) == (5.0, 0.5, {"epochs": 20})
+    assert s.baseline_recipe == ({} if choice == "own" else {"epochs": 20}) == table["baseline_recipe"]
+    assert table["chosen_baseline"]["recipe"] == {} and table["chosen"]["dev_frame_acc"] == 44.3
+
+    # one recipe only, the teachers': no control to train (table 1's baseline is that run)
+    run = _SelectRun({"sweep-T2-a0.5": 43.0, "sweep-T5-a0.5": 43.3})
+    s = DistillSettings(select_candidates=[(2.0, 0.5, {}), (5.0, 0.5, {})], baseline_choice=choice)
+    table = run_select(run, s)
+    assert run.trained == ["sweep-T2-a0.5", "sweep-T5-a0.5"] and "chosen_baseline" not in table
+    assert s.T == 5.0 and s.recipe == s.baseline_recipe == {}
+    with pytest.raises(ValueError, match="baseline_choice"):
+        run_select(run, DistillSettings(select_candidates=[(2.0, 0.5, {})], baseline_choice="mine"))

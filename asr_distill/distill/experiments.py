@@ -93,8 +93,14 @@ class DistillSettings:
 
 
 def run_select(run: DistillRunner, s: DistillSettings) -> dict:
-    candidates = list(s.select_candidates) if s.select_candidates is not None else \
+    grid = list(s.select_candidates) if s.select_candidates is not None else \
         [(t, a, dict(r)) for r in SELECT_RECIPES for t, a in SELECT_PAIRS]
+    # an override equal to the teachers' own setting is no override: such candidates are one training, run once
+    candidates = []
+    for t, a, r in grid:
+        c = (t, a, {k: v for k, v in r.items() if run.train_config.get(k) != v})
+        if c not in candidates:
+            candidates.append(c)
     if s.baseline_choice not in BASELINE_CHOICES:
         raise ValueError(f"baseline_choice {s.baseline_choice!r}: choose from {', '.join(BASELINE_CHOICES)}")
     # a hard-label control per recipe: how much of a student's gain is the recipe's rather than the teachers'?  and,
