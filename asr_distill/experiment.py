@@ -35,6 +35,7 @@ from lhotse import CutSet
 
 from .data.arrays import read_arrays_meta
 from .data.features import CmvnStats, load_features
+from .data.transfer import transfer_paths
 from .decode.priors import log_priors_from_counts
 from .nnet.frame_data import FrameSource
 from .provenance import describe_changes, stage_inputs
@@ -227,7 +228,15 @@ class Experiment:
         if topk_manifest is not None:
             return FrameSource(_need(topk_manifest, "distill"), self.cmvn("fbank"), topk=True,
                                topk_meta=read_arrays_meta(topk_manifest))
+        if split == "transfer":  # untranscribed audio, its own CMVN statistics (asr_distill.data.transfer)
+            paths = transfer_paths(self.transfer_dir)
+            return FrameSource(_need(paths["labelled"], "distill --transfer-data"), CmvnStats.load(paths["cmvn"]))
         return FrameSource(_need(self.labelled_cuts_path(split), "gmm"), self.cmvn("fbank"))
+
+    @property
+    def transfer_dir(self) -> Path:
+        """Stage 6's transfer set of untranscribed audio (``distill --transfer-data``)."""
+        return self.dir / "transfer"
 
     # -- stages 4-6: trained systems --------------------------------------------------------------------------
     @property

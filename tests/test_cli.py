@@ -78,6 +78,7 @@ def test_prepare_on_a_corrupt_corpus_fails_naming_the_utterance(small_corpus, tm
     (["--experiments", "select", "--select-candidates", "2:0.5,5:0"], "5:0"),
     (["--experiments", "select", "--select-candidates", "2:x"], "2:x"),
     (["--teacher-precision", "fp8", "--device", "cpu"], "compute capability 8.9"),
+    (["--teacher-source", "cache", "--transfer-data", "."], "--transfer-data"),
 ])
 def test_distill_refuses_unknown_experiments_and_bad_candidates(tmp_path, args, named):
     """Before any work: a typo in an experiment name or a candidate is named, not silently skipped or crashed on."""

@@ -271,3 +271,49 @@ def test_audio_at_another_rate_is_resampled_not_refused(small_corpus, tmp_path):
     assert cut.sampling_rate == 16000 and cut.recording.sampling_rate == 16000
     assert abs(cut.load_audio().shape[1] - len(audio)) <= 16  # the duration kept
     assert not (tmp_path / "out" / "bad_utterances.txt").exists()
+
+
+def test_transfer_set_from_a_directory_of_untranscribed_audio(exp, tmp_path):
+    """Any audio directory -> windows of the corpus rate, fbank, CMVN per directory, every frame labelled -1."""
+    import shutil
+
+    from lhotse import CutSet
+
+    from asr_distill.data import prepare_transfer
+    from asr_distill.data.transfer import NO_LABEL, transfer_paths
+    from conftest import SLICE
+
+    audio = tmp_path / "audio"
+    nested = audio / "spk1" / "ch1"
+    nested.mkdir(parents=True)
+    flacs = [f for f in sorted((SLICE / "wav").rglob("*.flac")) if sf.info(str(f)).duration > 2.5][:3]
+    for name, src in zip(("a.flac", "b.flac"), flacs):
+        shutil.copyfile(src, nested / name)
+    samples, rate = sf.read(flacs[2], dtype="int16")
+    sf.write(audio / "c.wav", samples[::2], rate // 2)  # 8 kHz: resampled, not refused
+    (audio / "notes.txt").write_text("not audio")  # other files are no business of the reader
+    meta = prepare_transfer(tmp_path / "transfer", audio, exp.cuts("train", "fbank"), max_duration=1.0)
+    paths = transfer_paths(tmp_path / "transfer")
+    cuts = list(CutSet.from_file(paths["labelled"]))
+    assert meta["files"] == 3 and meta["cuts"] == len(cuts) >= 9  # recordings of over 2.5 s in windows of 1 s
+    assert meta["frames"] == sum(c.num_frames for c in cuts) > 0
+    assert all(c.duration <= 1.0 + 1e-6 and c.sampling_rate == 16000 for c in cuts)
+    assert {c.supervisions[0].speaker for c in cuts} == {"transfer-spk1_ch1", "transfer-all"}
+    for c in cuts:
+        labels = c.load_custom("pdf_ids")
+        assert len(labels) == c.num_frames and (labels == NO_LABEL).all()
+    stats = CmvnStats.load(paths["cmvn"])
+    assert set(stats.speaker_mean) == {"transfer-spk1_ch1", "transfer-all"}
+    # a second call with the same directory reuses what is there
+    stamp = paths["labelled"].stat().st_mtime_ns
+    assert prepare_transfer(tmp_path / "transfer", audio, exp.cuts("train", "fbank"), max_duration=1.0) == meta
+    assert paths["labelled"].stat().st_mtime_ns == stamp
+    # a damaged file is named (never silently dropped) unless skipped; an empty directory is refused
+    (nested / "broken.flac").write_bytes(b"not audio at all" * 40)
+    with pytest.raises(CorpusError, match="broken.flac"):
+        prepare_transfer(tmp_path / "transfer2", audio, exp.cuts("train", "fbank"), max_duration=1.0)
+    assert prepare_transfer(tmp_path / "transfer2", audio, exp.cuts("train", "fbank"), max_duration=1.0,
+                            skip_bad=True)["files"] == 3
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorpusError, match="no audio files"):
+        prepare_transfer(tmp_path / "transfer3", tmp_path / "empty", exp.cuts("train", "fbank"))

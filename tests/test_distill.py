@@ -48,6 +48,31 @@ def test_loss_matches_hand_computation_with_T_squared():
     assert kl_only / 9.0 == pytest.approx(_hand_loss(z, y, p, 3.0, 1.0) / 9.0, rel=1e-5)
 
 
+def test_unlabelled_frames_keep_only_the_soft_term():
+    """Transfer frames (label -1): their cross-entropy term is left out, the batch mean stays over every frame."""
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(6, 7, generator=g) * 2
+    p = torch.softmax(torch.randn(6, 7, generator=g), -1)
+    y = torch.randint(0, 7, (6,), generator=g)
+    y[[1, 4]] = -1
+    T, alpha = 2.0, 0.3
+    got = distillation_loss(z, y, T, alpha, teacher_probs=p)
+    labelled = y >= 0
+    soft = _hand_loss(z, y.clamp_min(0), p, T, 1.0)  # alpha 1: the soft term alone, over all six frames
+    ce_sum = _hand_loss(z[labelled], y[labelled], p[labelled], T, 0.0) * int(labelled.sum())
+    assert got.item() == pytest.approx(alpha * soft + (1 - alpha) * ce_sum / 6, rel=1e-5)
+    # every frame unlabelled: the soft term alone, finite gradients
+    zz = z.clone().requires_grad_(True)
+    loss = distillation_loss(zz, torch.full((6,), -1), T, alpha, teacher_probs=p)
+    loss.backward()
+    assert loss.item() == pytest.approx(alpha * soft, rel=1e-5) and torch.isfinite(zz.grad).all()
+    from asr_distill.distill import DistillationLoss
+    described = DistillationLoss([MLP(4, 3, 7, 8, 1)], T=T, alpha=alpha, unlabelled_frames=120).describe()
+    assert described["unlabelled_frames"] == 120  # part of the run's config: a resumed run must have the same set
+    with pytest.raises(ValueError, match="unfused"):
+        DistillationLoss([MLP(4, 3, 7, 8, 1)], T=T, alpha=alpha, unlabelled_frames=120, fused_loss=True)
+
+
 def test_loss_is_fp32_for_bf16_logits():
     z = torch.randn(4, 6).to(torch.bfloat16)
     p = torch.softmax(torch.randn(4, 6), -1)

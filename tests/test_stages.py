@@ -14,7 +14,7 @@ from asr_distill.nnet.models import build_model
 from asr_distill.nnet.stream import FrameStream, open_frames
 from asr_distill.nnet.train import TrainConfig, train_model
 from asr_distill.recipe import model_config, stage_distill, stage_evaluate, stage_teachers
-from conftest import pdf_alignments
+from conftest import SLICE, pdf_alignments
 
 # A 2-point dev grid instead of 7 x 5, and a narrower beam than the recipe's 13: decoding 2-epoch models' flat
 # posteriors is most of these stages' time on the slice.
@@ -146,6 +146,23 @@ def test_stages_4_to_6_through_the_library(exp, tmp_path, frames):
         assert seed7["seed"] == 7 and other["finished"] and other["epochs_run"] == 2
         assert (work.system_dir("baseline-seed7") / "log.csv").read_bytes() != \
             (work.system_dir("baseline") / "log.csv").read_bytes()
+
+        # untranscribed audio as a transfer set: the student learns the teachers' posteriors on its frames too, the
+        # baseline never sees them
+        audio = tmp_path / "untranscribed" / "spk"
+        audio.mkdir(parents=True)
+        for f in sorted((SLICE / "wav").rglob("*.flac"))[:4]:
+            shutil.copyfile(f, audio / f.name)
+        trans = Experiment(shutil.copytree(work.dir, tmp_path / "exp_transfer", ignore=shutil.ignore_patterns("distill")))
+        out = stage_distill(trans, jobs=1, T=2.0, alpha=0.5, experiments=["table1"], train_config={"epochs": 2},
+                            frames=frames, scorer_options=GRID, seeds=1, transfer_data=audio.parent)
+        meta = json.loads((trans.transfer_dir / "transfer.json").read_text())
+        assert meta["files"] == 4 and meta["frames"] > 0
+        configs = {n: json.loads((trans.system_dir(n) / "config.json").read_text()) for n in ("baseline", "student")}
+        assert configs["student"]["train_frames"] == configs["baseline"]["train_frames"] + meta["frames"]
+        assert configs["student"]["train"]["unlabelled_frames"] == meta["frames"]
+        assert "unlabelled_frames" not in configs["baseline"]["train"]
+        assert out["table1"]["transfer_frames"] == out["table1"]["live"]["transfer_frames"] == meta["frames"]
 
 
 def test_resident_and_streaming_training_agree_within_seed_noise(exp, tmp_path):

@@ -212,6 +212,25 @@ def test_windows_replicate_edges_like_splice_utterance():
         FrameSet.from_arrays(feats, [np.arange(n + (k == 1)) for k, n in enumerate(lengths)], list("abcd"), 1, 1)
 
 
+def test_concatenated_sets_are_the_sets_one_after_the_other():
+    """Training frames + a transfer set: one FrameSet whose windows, labels and utterances are each set's own."""
+    torch.manual_seed(1)
+    a_feats, b_feats = [torch.randn(n, 3).numpy() for n in (4, 6)], [torch.randn(n, 3).numpy() for n in (2, 5, 3)]
+    a = FrameSet.from_arrays(a_feats, [np.arange(n) for n in (4, 6)], ["a1", "a2"], 2, 1, utt_index=[3, 8])
+    b = FrameSet.from_arrays(b_feats, [np.full(n, -1) for n in (2, 5, 3)], ["t1", "t2", "t3"], 2, 1)
+    both = FrameSet.concat([a, b])
+    assert both.num_frames == 20 and both.utt_ids == ["a1", "a2", "t1", "t2", "t3"]
+    assert both.offsets.tolist() == [0, 4, 10, 12, 17, 20] and both.utt_index == [3, 8, 9, 10, 11]
+    all_windows = both.windows(torch.arange(20))
+    assert torch.equal(all_windows[:10], a.windows(torch.arange(10)))
+    assert torch.equal(all_windows[10:], b.windows(torch.arange(10)))  # no window reaches across the join
+    assert both.labels[:10].tolist() == a.labels.tolist() and (both.labels[10:] == -1).all()
+    uid, x, _ = both.utterance(3)
+    assert uid == "t2" and torch.equal(x, splice_utterance(torch.from_numpy(b_feats[1]), 2, 1))
+    with pytest.raises(ValueError, match="context"):
+        FrameSet.concat([a, FrameSet.from_arrays(b_feats, None, ["t1", "t2", "t3"], 1, 1)])
+
+
 def test_shuffled_batches_cover_every_frame_once():
     fs = FrameSet.from_arrays([np.zeros((7, 2), np.float32), np.zeros((6, 2), np.float32)], None, ["a", "b"], 1, 1)
     batches = list(fs.shuffled_batches(4, torch.Generator().manual_seed(0)))

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -385,6 +386,10 @@ def evaluate(exp, jobs, device, frames, dev_tuning, decoder):
 @click.option("--baseline-recipe", type=click.Choice(list(BASELINE_CHOICES)), default="own", show_default=True,
               help="with --experiments select: table 1's baseline takes the recipe that its own hard-label control "
                    "did best with on dev (own: both systems tuned alike) or the student's chosen recipe (shared)")
+@click.option("--transfer-data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="a directory of untranscribed audio (any layout; wav, flac, sph, ogg): the live-teacher students "
+                   "also learn the teachers' posteriors on its frames (no hard-label term there); baselines never "
+                   "see it. Prepared once under EXP/transfer")
 @click.option("--teacher-precision", type=click.Choice(["auto", "fp8"]), default="auto", show_default=True,
               help="live teachers' matmuls: auto (bf16 on CUDA, fp32 on the CPU) or fp8 (per-channel scaled "
                    "e4m3 through torch._scaled_mm; GPUs of compute capability 8.9+ only)")
@@ -395,7 +400,8 @@ def evaluate(exp, jobs, device, frames, dev_tuning, decoder):
 def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experiments, small_fraction, seeds,
             student_epochs, generalist, num_specialists, specialist_overlap, specialist_epochs, specialist_alpha,
             specialist_top_n, sequence_from, sequence_epochs, sequence_lr, sequence_frame_weight,
-            stream_right, noise_std, freq_mask, select_candidates, baseline_recipe, teacher_precision, dev_tuning,
+            stream_right, noise_std, freq_mask, select_candidates, baseline_recipe, transfer_data, teacher_precision,
+            dev_tuning,
             decoder, device, frames, epochs, batch_size, lr, weight_decay, patience):
     """Stage 6: hard-label baseline and distilled student(s), same recipe and seeds; optional paper experiments."""
     names = [e.strip() for e in experiments.split(",") if e.strip()]
@@ -414,6 +420,9 @@ def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experimen
                                  param_hint="--stream-right") from None
     if not rights or min(rights) < 0:
         raise click.BadParameter(f"{stream_right!r}: expected frame counts >= 0", param_hint="--stream-right")
+    if transfer_data is not None and teacher_source != "live":
+        raise click.BadParameter("needs live teachers (--teacher-source live): the top-k cache covers the training "
+                                 "set only", param_hint="--transfer-data")
     unsupported = fp8_support(device) if teacher_precision == "fp8" else None
     if unsupported:
         raise click.BadParameter(f"{unsupported}; leave it at auto", param_hint="--teacher-precision")
@@ -423,6 +432,7 @@ def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experimen
                         seeds=seeds, stream_right=rights, small_fraction=small_fraction,
                         scorer_options={"tuning": dev_tuning, "decoder": decoder},
                         teacher_precision=teacher_precision, baseline_choice=baseline_recipe,
+                        transfer_data=transfer_data,
                         specialists=dict(generalist=generalist, num_specialists=num_specialists,
                                          specialist_overlap=specialist_overlap, specialist_epochs=specialist_epochs,
                                          specialist_alpha=specialist_alpha, specialist_top_n=specialist_top_n,

@@ -49,8 +49,10 @@ def attach_frame_arrays(items: Iterable[Tuple[object, Mapping[str, np.ndarray]]]
         for cut, fields in items:
             for name, value in fields.items():
                 check_frames(cut.id, name, len(value), cut.num_frames)
+                # start: where the cut starts in its recording, as its features do (a Kaldi segment, a window of
+                # a long file): Lhotse's load_custom() slices a temporal array from the cut's start
                 stored = writer.store_array(f"{cut.id}.{name}", np.ascontiguousarray(value),
-                                            frame_shift=cut.frame_shift, temporal_dim=0)
+                                            frame_shift=cut.frame_shift, temporal_dim=0, start=cut.start)
                 cut = cut.with_custom(name, stored)
             out.write(cut)
             count += 1

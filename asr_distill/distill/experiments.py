@@ -162,7 +162,8 @@ def recovered(student_acc: float, baseline_acc: float, ensemble_acc: float) -> f
 def _student_rows(run: DistillRunner, s: DistillSettings, source: str, seeds: Sequence[int]) -> Tuple[dict, list]:
     """Table 1's students for one teacher source, one per seed: live teachers, or the top-k cache.  A cached
     student gets the recipe's schedule but no input perturbation (its targets are the clean windows')."""
-    cache, extra = None, {"T": s.T, "alpha": s.alpha, "teacher_source": source}
+    cache, extra = None, {"T": s.T, "alpha": s.alpha, "teacher_source": source,
+                          **(run.transfer_info() if source == "live" else {})}
     if source == "cache":
         cache, meta = run.topk_cache(s.T, s.topk)
         extra.update(topk=s.topk, cache_kept_mass=round(float(meta.get("mean_kept_mass", float("nan"))), 4))
@@ -194,6 +195,7 @@ def run_table1(run: DistillRunner, s: DistillSettings) -> dict:
                                     {"seed": seed, **{k: v for k, v in brecipe.items() if v}}))
     base = seed_summary(base_rows)
     table = {"T": s.T, "alpha": s.alpha, "mean": s.mean, "recipe": s.recipe, "baseline_recipe": brecipe,
+             **run.transfer_info(),
              "seeds": seeds, "ensemble_frame_acc": run.ensemble_acc, "ensemble_dev_frame_acc": run.ensemble_dev_acc,
              "ensemble_wer": run.ensemble_wer, "ensemble_dev_wer": run.ensemble_dev_wer,
              "baseline_frame_acc": base["frame_acc"], "baseline_wer": base["wer"], "baseline": base}
@@ -247,7 +249,8 @@ def run_compression(run: DistillRunner, s: DistillSettings) -> list:
         h = cfg["hidden_dim"] if frac == 1.0 else hidden_for_params(int(full * frac), cfg)
         scfg = {**cfg, "hidden_dim": h}
         m, _ = run.train(f"student-h{h}", scfg, T=s.T, alpha=s.alpha, **s.recipe)
-        row = run.decode(f"student-h{h}", "student", m, {"T": s.T, "alpha": s.alpha, "param_fraction": round(frac, 4),
+        row = run.decode(f"student-h{h}", "student", m, {"T": s.T, "alpha": s.alpha, **run.transfer_info(),
+                                                          "param_fraction": round(frac, 4),
                                                           **s.recipe})
         b, _ = run.train(f"baseline-h{h}", scfg, **s.recipe)  # the student's recipe: only the targets differ
         brow = run.decode(f"baseline-h{h}", "baseline", b, {"param_fraction": round(frac, 4), **s.recipe})
@@ -269,7 +272,8 @@ def run_small(run: DistillRunner, s: DistillSettings) -> dict:
     h = hidden_for_params(int(count_parameters(build_model(cfg)) * s.small_fraction), cfg)
     name = f"student-h{h}"  # compression's name for the same student: either reuses the other's finished run
     m, _ = run.train(name, {**cfg, "hidden_dim": h}, T=s.T, alpha=s.alpha, **s.recipe)
-    extra = {"T": s.T, "alpha": s.alpha, "param_fraction": round(s.small_fraction, 4), **s.recipe}
+    extra = {"T": s.T, "alpha": s.alpha, "param_fraction": round(s.small_fraction, 4), **s.recipe,
+             **run.transfer_info()}
     row = run.decode(name, "student", m, extra)
     table = {"name": name, "hidden_dim": h, "params": row["params"], "param_fraction": s.small_fraction,
              **{k: row[k] for k in ("frame_acc", "dev_frame_acc", "wer", "dev_wer")}}
@@ -288,7 +292,8 @@ def run_streaming(run: DistillRunner, s: DistillSettings) -> list:
             raise ValueError(f"streaming students are MLPs; the teachers are {cfg['arch']}")
         extra = {"left_context": run.left, "right_context": right, **{k: v for k, v in s.recipe.items() if v}}
         m, _ = run.train(f"student-stream-r{right}", cfg, T=s.T, alpha=s.alpha, **s.recipe)
-        row = run.decode(f"student-stream-r{right}", "student", m, {"T": s.T, "alpha": s.alpha, **extra})
+        row = run.decode(f"student-stream-r{right}", "student", m, {"T": s.T, "alpha": s.alpha, **extra,
+                                                                      **run.transfer_info()})
         b, _ = run.train(f"baseline-stream-r{right}", cfg, **s.recipe)
         brow = run.decode(f"baseline-stream-r{right}", "baseline", b, extra)
         rows.append({"right_context": right, "left_context": run.left, "params": row["params"],

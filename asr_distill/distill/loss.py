@@ -49,7 +49,8 @@ def distillation_loss(student_logits: torch.Tensor, hard_labels: Optional[torch.
     ``sum p log p`` is included (it has no gradient) so the value is the KL itself, comparable across k and T.
 
     The ``T^2`` factor keeps the soft term's gradient magnitude independent of ``T`` (the paper's Section 2).
-    ``alpha = 0`` is plain cross-entropy and needs no teacher input; ``alpha = 1`` needs no labels.
+    ``alpha = 0`` is plain cross-entropy and needs no teacher input; ``alpha = 1`` needs no labels.  A frame
+    labelled -1 (unlabelled: transfer audio) contributes its soft term only; the batch mean is over all frames.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -71,7 +72,9 @@ def distillation_loss(student_logits: torch.Tensor, hard_labels: Optional[torch.
     if alpha < 1:
         if hard_labels is None:
             raise ValueError("alpha < 1 needs hard labels")
-        loss = loss + (1.0 - alpha) * F.cross_entropy(z, hard_labels)
+        # a frame labelled -1 (untranscribed transfer audio) has no hard-label term: the soft one alone
+        ce = F.cross_entropy(z, hard_labels, ignore_index=-1, reduction="sum") / z.shape[0]
+        loss = loss + (1.0 - alpha) * ce
     return loss
 
 
@@ -107,7 +110,7 @@ class DistillationLoss(FrameLoss):
                  cache: Optional[TopKCache] = None, T: float = 2.0, alpha: float = 0.5, mean: str = "arithmetic",
                  teacher_mode: str = "auto", compile: bool = False, compile_mode: Optional[str] = None,
                  compile_teachers: Optional[bool] = None, fused_loss: Optional[bool] = None,
-                 streamed_targets: bool = False):
+                 streamed_targets: bool = False, unlabelled_frames: int = 0):
         if mean not in ENSEMBLE_MEANS:
             raise ValueError(f"unknown ensemble mean {mean!r}")
         if not 0.0 <= alpha <= 1.0:
@@ -125,7 +128,12 @@ class DistillationLoss(FrameLoss):
         self.streamed_targets = bool(streamed_targets and alpha > 0)
         self.uses_frame_index = self.cache is not None
         self._compile = (compile, compile_mode, compile_teachers)
-        self._fused = fused_loss
+        # frames labelled -1 (a transfer set): the fused kernel knows no such label, the unfused loss skips them
+        self.unlabelled_frames = int(unlabelled_frames)
+        if self.unlabelled_frames and fused_loss:
+            raise ValueError("the fused loss needs every frame labelled; unlabelled (transfer) frames use the "
+                             "unfused one")
+        self._fused = False if self.unlabelled_frames else fused_loss
         self.fused_loss = False
         if self.cache is not None:
             cache_T = self.cache.meta.get("T")
@@ -137,7 +145,10 @@ class DistillationLoss(FrameLoss):
     def describe(self) -> Dict[str, Any]:
         source = "live" if self._raw_teachers is not None else "cache" if (self.cache is not None or
                                                                            self.streamed_targets) else "none"
-        return {"loss": "distillation", "T": self.T, "alpha": self.alpha, "mean": self.mean, "targets": source}
+        out = {"loss": "distillation", "T": self.T, "alpha": self.alpha, "mean": self.mean, "targets": source}
+        if self.unlabelled_frames:
+            out["unlabelled_frames"] = self.unlabelled_frames
+        return out
 
     def check(self, frames, augment) -> None:
         perturbs = augment is not None and getattr(augment, "active", True)

@@ -42,7 +42,7 @@ class DistillRunner:
 
     def __init__(self, exp: Experiment, device: str, jobs: int, train_config: Optional[dict] = None,
                  mean: str = "arithmetic", frames: str = "auto", scorer_options: Optional[dict] = None,
-                 teacher_mode: str = "auto"):
+                 teacher_mode: str = "auto", transfer: bool = False):
         meta = exp.teachers_meta()
         self.teacher_mode = teacher_mode
         self.exp, self.mean, self.frame_mode = exp, mean, frames
@@ -53,6 +53,16 @@ class DistillRunner:
         self.frames = {"train": self._open("train", shard=self.shard)[0], "dev": self._open("dev")[0]}
         if self.main:
             self.frames["test"] = self._open("test")[0]
+        # live-teacher students also learn from the transfer set (EXP/transfer, labelled -1): its frames follow
+        # the training frames in one set; the hard-label systems never see them
+        self.student_frames, self.transfer_frames = self.frames["train"], 0
+        if transfer:
+            if not isinstance(self.frames["train"], FrameSet):
+                raise ValueError("--transfer-data needs the training frames resident (--frames resident)")
+            extra = open_frames(exp.frame_source("transfer"), self.left, self.right, self.device, self.shard,
+                                mode="resident")[0]
+            self.student_frames = FrameSet.concat([self.frames["train"], extra])
+            self.transfer_frames = int(parallel.all_reduce([float(extra.num_frames)], "sum")[0])
         self.teachers = [load_model(p, self.device).eval() for p in exp.teacher_paths()]
         self.teacher_config = dict(self.teachers[0].config)
         # train like the teachers unless told otherwise (the paper's baseline is "trained like a teacher")
@@ -64,6 +74,10 @@ class DistillRunner:
         self.ensemble_acc, self.ensemble_wer = ensemble["frame_acc"], ensemble["wer"]
         self.ensemble_dev_acc = ensemble.get("dev_frame_acc", float("nan"))
         self.ensemble_dev_wer = ensemble.get("dev_wer", float("nan"))
+
+    def transfer_info(self) -> dict:
+        """What a live-teacher student's row says of the transfer set it also learnt from (nothing without one)."""
+        return {"transfer_frames": self.transfer_frames} if self.transfer_frames else {}
 
     def whole_train(self):
         """The whole training set's frames: this rank's shard is not enough under torchrun (the top-k cache and
@@ -118,8 +132,13 @@ class DistillRunner:
         if alpha == 0:  # hard labels: the baselines, the hard-label controls
             loss = CrossEntropyLoss()
         elif cache is None:
-            loss = DistillationLoss(self.teachers, T=T, alpha=alpha, mean=self.mean, teacher_mode=self.teacher_mode)
+            train = self.student_frames
+            loss = DistillationLoss(self.teachers, T=T, alpha=alpha, mean=self.mean, teacher_mode=self.teacher_mode,
+                                    unlabelled_frames=self.transfer_frames)
         else:
+            if self.transfer_frames:
+                raise ValueError("transfer data needs live teachers: the top-k cache covers the training set only "
+                                 "(--teacher-source live)")
             train, targets = cache
             resident = isinstance(targets, TopKCache)
             loss = DistillationLoss(cache=targets if resident else None, streamed_targets=not resident, T=T,

@@ -52,6 +52,33 @@ class FrameSet:
                    utt_end=(offsets[1:][per_frame_utt] - 1).to(device), offsets=offsets, utt_ids=list(utt_ids),
                    left=left, right=right, utt_index=list(utt_index) if utt_index is not None else None)
 
+    @classmethod
+    def concat(cls, sets: Sequence["FrameSet"]) -> "FrameSet":
+        """One set holding several (same context, device and labelling): the training frames and a transfer set.
+        The utterance indices of each later set follow the earlier sets' largest, so that per-utterance frame
+        subsets (seeded by the index) stay distinct."""
+        first = sets[0]
+        for s in sets[1:]:
+            if (s.left, s.right, s.device) != (first.left, first.right, first.device):
+                raise ValueError("FrameSet.concat: the sets differ in context or device")
+            if (s.labels is None) != (first.labels is None):
+                raise ValueError("FrameSet.concat: some sets have labels and others not")
+        starts, ends, offsets, index, ids = [], [], [torch.zeros(1, dtype=torch.int64)], [], []
+        frame_shift, index_shift = 0, 0
+        for s in sets:
+            starts.append(s.utt_start + frame_shift)
+            ends.append(s.utt_end + frame_shift)
+            offsets.append(s.offsets[1:] + frame_shift)
+            own = s.utt_index if s.utt_index is not None else list(range(len(s.utt_ids)))
+            index += [i + index_shift for i in own]
+            index_shift = max(index) + 1
+            ids += s.utt_ids
+            frame_shift += s.num_frames
+        labels = None if first.labels is None else torch.cat([s.labels for s in sets])
+        return cls(feats=torch.cat([s.feats for s in sets]), labels=labels, utt_start=torch.cat(starts),
+                   utt_end=torch.cat(ends), offsets=torch.cat(offsets), utt_ids=ids, left=first.left,
+                   right=first.right, utt_index=index)
+
     @property
     def num_frames(self) -> int:
         return self.feats.shape[0]
