@@ -103,6 +103,26 @@ def test_kaldi_dir_with_segments_and_pipes(kaldi_dirs, tmp_path):
     assert abs(audio[0, :400] - whole[800:1200]).max() < 1e-4
 
 
+def test_frame_arrays_of_a_segment_are_its_own_frames(kaldi_dirs, tmp_path):
+    """A cut that starts inside its recording (a Kaldi segment) gets back exactly the per-frame array stored for it
+    (Lhotse slices a temporal array from the cut's start: once 5 labels of this cut went missing)."""
+    import numpy as np
+
+    from asr_distill.data import attach_frame_arrays, compute_features
+    from asr_distill.nnet.frame_data import FrameSource
+
+    cuts = prepare_corpus("kaldi", tmp_path, train_dir=kaldi_dirs / "train", test_dir=kaldi_dirs / "test")
+    segment = next(c for c in cuts["train"] if c.start > 0)
+    with_feats = compute_features(cuts["train"].subset(cut_ids=[segment.id]), "fbank", tmp_path / "feats",
+                                  tmp_path / "fbank.jsonl.gz")
+    (cut,) = list(with_feats)
+    labels = np.arange(cut.num_frames, dtype=np.int32)
+    attach_frame_arrays([(cut, {"pdf_ids": labels})], tmp_path / "arrays", tmp_path / "labelled.jsonl.gz")
+    utt = next(FrameSource(tmp_path / "labelled.jsonl.gz", None).utterances())
+    assert utt.id == segment.id and len(utt.feats) == cut.num_frames
+    assert np.array_equal(utt.labels, labels)
+
+
 def test_kaldi_tables_split_on_any_whitespace(kaldi_dirs, tmp_path):
     """Kaldi's readers split a line at the first run of whitespace: a TAB after the utterance id, or several
     spaces, are read as Kaldi reads them (these once rejected every utterance as "not in utt2spk")."""
