@@ -401,8 +401,7 @@ def distill(exp, jobs, temperature, alpha, mean, teacher_source, topk, experimen
             student_epochs, generalist, num_specialists, specialist_overlap, specialist_epochs, specialist_alpha,
             specialist_top_n, sequence_from, sequence_epochs, sequence_lr, sequence_frame_weight,
             stream_right, noise_std, freq_mask, select_candidates, baseline_recipe, transfer_data, teacher_precision,
-            dev_tuning,
-            decoder, device, frames, epochs, batch_size, lr, weight_decay, patience):
+            dev_tuning, decoder, device, frames, epochs, batch_size, lr, weight_decay, patience):
     """Stage 6: hard-label baseline and distilled student(s), same recipe and seeds; optional paper experiments."""
     names = [e.strip() for e in experiments.split(",") if e.strip()]
     try:

@@ -56,7 +56,8 @@ from .recipes import SELECT_PAIRS, SELECT_RECIPES, hidden_for_params, student_di
 from .runner import DistillRunner
 from .specialist_system import SpecialistSystem
 
-__all__ = ["DistillSettings", "BASELINE_CHOICES", "EXPERIMENTS", "check_experiments", "run_experiments", "seed_summary", "recovered"]
+__all__ = ["DistillSettings", "BASELINE_CHOICES", "EXPERIMENTS", "check_experiments", "run_experiments",
+           "seed_summary", "recovered"]
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +160,11 @@ def recovered(student_acc: float, baseline_acc: float, ensemble_acc: float) -> f
     return round((student_acc - baseline_acc) / gain, 3) if gain > 0 else float("nan")
 
 
-def _student_rows(run: DistillRunner, s: DistillSettings, source: str, seeds: Sequence[int]) -> Tuple[dict, list]:
+def _student_rows(run: DistillRunner, s: DistillSettings, source: str, seeds: Sequence[int]
+                  ) -> Tuple[dict, list, dict]:
     """Table 1's students for one teacher source, one per seed: live teachers, or the top-k cache.  A cached
-    student gets the recipe's schedule but no input perturbation (its targets are the clean windows')."""
+    student gets the recipe's schedule but no input perturbation (its targets are the clean windows').  Returns
+    (what each row records, the rows, the recipe the students were trained with)."""
     cache, extra = None, {"T": s.T, "alpha": s.alpha, "teacher_source": source,
                           **(run.transfer_info() if source == "live" else {})}
     if source == "cache":
@@ -177,7 +180,7 @@ def _student_rows(run: DistillRunner, s: DistillSettings, source: str, seeds: Se
         student, _ = run.train(seed_name(name, i), run.teacher_config, T=s.T, alpha=s.alpha, cache=cache, seed=seed,
                                reuse=reuse, **use)
         rows.append(run.decode(seed_name(name, i), "student", student, {**extra, "seed": seed}))
-    return extra, rows
+    return extra, rows, use
 
 
 def run_table1(run: DistillRunner, s: DistillSettings) -> dict:
@@ -200,7 +203,7 @@ def run_table1(run: DistillRunner, s: DistillSettings) -> dict:
              "ensemble_wer": run.ensemble_wer, "ensemble_dev_wer": run.ensemble_dev_wer,
              "baseline_frame_acc": base["frame_acc"], "baseline_wer": base["wer"], "baseline": base}
     for source in (("live", "cache") if s.teacher_source == "both" else (s.teacher_source,)):
-        extra, rows = _student_rows(run, s, source, seeds)
+        extra, rows, used = _student_rows(run, s, source, seeds)
         stud = seed_summary(rows)
         per_seed = [recovered(r["frame_acc"], b["frame_acc"], run.ensemble_acc) for r, b in zip(rows, base_rows)]
         finite = [f for f in per_seed if f == f]
@@ -210,7 +213,7 @@ def run_table1(run: DistillRunner, s: DistillSettings) -> dict:
                          "recovered_fraction_dev": recovered(stud["dev_frame_acc"], base["dev_frame_acc"],
                                                              run.ensemble_dev_acc),
                          "recovered_fraction_std": round(statistics.stdev(finite), 3) if len(finite) > 1 else 0.0,
-                         **extra}
+                         **extra, "recipe": used}
         if run.main:  # after each row: a failure in the next one keeps this one
             update_experiment(run.exp.dir, "table1", table)
     return table
