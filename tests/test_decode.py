@@ -210,3 +210,44 @@ def test_k2_decoder_without_k2_says_how_to_get_it(monkeypatch):
         get_backend("k2")
     with pytest.raises(ValueError, match="unknown decoding backend"):
         get_backend("k3")
+
+
+def test_scorer_reads_back_a_system_decoded_from_the_same_inputs(exp, setup, tmp_path):
+    """A resumed stage does not decode a finished system again: the same log-likelihoods give the stored row
+    without a decode; one changed frame, or another tuning grid, decodes afresh."""
+    import shutil
+
+    from asr_distill.decode.scorer import Scorer
+    from asr_distill.experiment import Experiment
+
+    work = Experiment(shutil.copytree(exp.dir, tmp_path / "exp"))
+    loglikes = {}
+    for split in ("dev", "test"):  # the oracle, and flat scores for an utterance the GMM could not align
+        oracle = _oracle_loglikes(work, split, setup["inv"], setup["log_priors"])
+        loglikes[split] = {u: oracle.get(u, np.zeros((len(p), setup["inv"].num_pdfs), np.float32))
+                           for u, p in pdf_alignments(work, split).items()}
+    scorer = Scorer(work, jobs=1, beam=8.0, scales=(0.5, 1.0), penalties=(0.0,))
+    tuned = []
+    tune = scorer.tune
+    scorer.tune = lambda *a, **k: tuned.append(a) or tune(*a, **k)
+
+    first = scorer.evaluate("oracle", "baseline", loglikes, params=7, extra={"seed": 1})
+    again = scorer.evaluate("oracle", "baseline", loglikes, params=7, extra={"recipe": "same"})
+    assert len(tuned) == 1  # the second call decoded nothing
+    assert {k: v for k, v in again.items() if k != "recipe"} == {k: v for k, v in first.items() if k != "seed"}
+    assert again["recipe"] == "same" and "seed" not in again  # the caller's fields are this call's
+    stored = {r["name"]: r for r in read_json(work.results_path)["systems"]}["oracle"]
+    assert stored["recipe"] == "same" and stored["wer"] == first["wer"]
+
+    changed = {s: dict(v) for s, v in loglikes.items()}
+    utt = sorted(changed["test"])[0]
+    changed["test"][utt] = changed["test"][utt].copy()
+    changed["test"][utt][0, 0] += 1.0
+    scorer.evaluate("oracle", "baseline", changed, params=7)
+    assert len(tuned) == 2
+    scorer.evaluate("oracle", "baseline", changed, params=7, scales=(1.0,))
+    assert len(tuned) == 3
+    # an interrupted decode (wer.json written last, hyp_test.txt gone) is not taken for a finished one
+    (work.decode_dir("oracle") / "hyp_test.txt").unlink()
+    scorer.evaluate("oracle", "baseline", changed, params=7, scales=(1.0,))
+    assert len(tuned) == 4

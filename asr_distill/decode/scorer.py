@@ -6,9 +6,14 @@ acoustic scale and word insertion penalty are tuned on DEV; TEST is decoded once
 bootstrap confidence interval, and frame accuracy is the argmax of log-likelihood + log-prior (= of the
 posterior) against the GMM's alignment of the same split.  ``decode/<system>/wer.json`` and ``hyp_test.txt`` are
 written and the row joins ``results.json``.
+
+A resumed stage does not decode a system again: ``wer.json`` keeps a digest of everything the row depends on (the
+log-likelihoods themselves, the graph, the references and alignments, the tuning grid and decoder), and a system
+whose digest matches is read back instead of decoded (minutes per system on a large corpus).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -20,7 +25,7 @@ from lhotse import CutSet
 from ..fst import invert_symbols, read_symbols, read_tid2pdf
 from ..lang.lang_dir import decoding_vocabulary
 from ..results import update_results
-from ..utils import atomic_write_text, write_json
+from ..utils import atomic_write_text, read_json, write_json
 from .backend import DecodingConfig, decode_loglikes, get_backend
 from .priors import pseudo_loglikes
 from .scoring import WerResult, compute_wer, words_of
@@ -45,6 +50,10 @@ GMM_SCALES = (0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.0667, 0.0833, 0.1, 0.125, 
 DNN_SCALES = (0.05, 0.0667, 0.0833, 0.1, 0.125, 0.15, 0.2)
 # Word insertion penalties in graph-cost units (Kaldi's scoring sweeps 0, 0.5, 1.0 in its own units).
 WORD_PENALTIES = (0.0, 1.0, 2.0, 2.5, 3.0)
+
+
+# wer.json's fields that are not the results row
+_DECODE_ONLY = ("dev_wers", "test", "decode_seconds", "decoder", "inputs_digest", "extra_fields")
 
 
 def _pdf_labels(manifest) -> Dict[str, np.ndarray]:
@@ -109,15 +118,56 @@ class Scorer:
         return tune(self.hclg, self.tid2pdf, dev_loglikes, self.refs["dev"], self.id2word, scales or self.scales,
                     self.config, self.jobs, self.penalties)
 
+    def inputs_digest(self, kind: str, loglikes: Mapping[str, Mapping[str, np.ndarray]],
+                      scales: Optional[Sequence[float]] = None) -> str:
+        """A digest of all a results row depends on: equal digests, equal rows (the decoders are deterministic)."""
+        h = hashlib.blake2b(digest_size=16)
+        graph = self.hclg.stat()
+        settings = (kind, self.tuning, tuple(scales or self.scales), self.penalties, repr(self.config),
+                    str(self.hclg.resolve()), graph.st_size, graph.st_mtime_ns)
+        h.update(repr(settings).encode())
+        h.update(np.ascontiguousarray(self.tid2pdf).tobytes())
+        for split in sorted(loglikes):
+            for utt in sorted(loglikes[split]):
+                h.update(utt.encode())
+                h.update(np.ascontiguousarray(loglikes[split][utt], dtype=np.float32).tobytes())
+                h.update(" ".join(self.refs.get(split, {}).get(utt, ())).encode())
+                labels = self.labels.get(split, {}).get(utt)
+                if labels is not None:
+                    h.update(np.ascontiguousarray(labels).tobytes())
+        h.update(np.ascontiguousarray(self.log_priors, dtype=np.float32).tobytes())
+        return h.hexdigest()
+
+    @staticmethod
+    def _decoded(out: Path, digest: str) -> Optional[dict]:
+        """The row of an earlier decode of the same inputs, else None (no wer.json, another digest, unreadable)."""
+        try:
+            stored = read_json(out / "wer.json")
+        except (OSError, ValueError):
+            return None
+        if not isinstance(stored, dict) or stored.get("inputs_digest") != digest or \
+                not (out / "hyp_test.txt").is_file():
+            return None
+        drop = set(_DECODE_ONLY) | set(stored.get("extra_fields", ()))  # the caller's fields are the caller's now
+        return {k: v for k, v in stored.items() if k not in drop}
+
     def evaluate(self, name: str, kind: str, loglikes: Mapping[str, Mapping[str, np.ndarray]], params: int,
                  extra: Optional[dict] = None, scales: Optional[Sequence[float]] = None) -> dict:
         """``loglikes[split][utt]`` = (frames, num_pdfs) pdf log-likelihoods for dev and test -> the results row;
         ``scales``: the acoustic-scale grid when not the scorer's (the GMM's likelihoods want smaller ones)."""
+        out = self.exp.decode_dir(name)
+        digest = self.inputs_digest(kind, loglikes, scales)
+        cached = self._decoded(out, digest)
+        if cached is not None:
+            row = {**cached, "name": name, "params": int(params), **(extra or {})}
+            update_results(self.exp.dir, self.exp.corpus, row)
+            log.info("%s: decoded before from the same inputs (%s): test WER %.2f%%, dev WER %.2f%%", name,
+                     out / "wer.json", row["wer"], row["dev_wer"])
+            return row
         cfg, dev_wers = self.tune(loglikes["dev"], scales)
         best = f"{cfg.acoustic_scale:g}/{cfg.word_penalty:g}"
         t0 = time.time()
         hyps, wer = self.decode("test", loglikes["test"], cfg)
-        out = self.exp.decode_dir(name)
         atomic_write_text(out / "hyp_test.txt", "".join(f"{u} {' '.join(hyps[u])}\n" for u in sorted(hyps)))
         row = {"name": name, "kind": kind, "params": int(params), "wer": round(wer.wer, 2),
                "wer_ci": [round(wer.ci_low, 2), round(wer.ci_high, 2)],
@@ -128,7 +178,7 @@ class Scorer:
                **{("oov_rate" if s == "test" else f"{s}_oov_rate"): r for s, r in self.oov_rates.items()},
                **(extra or {})}
         write_json({**row, "dev_wers": dev_wers, "test": wer.as_dict(), "decode_seconds": time.time() - t0,
-                    "decoder": cfg.backend},
+                    "decoder": cfg.backend, "inputs_digest": digest, "extra_fields": sorted(extra or {})},
                    out / "wer.json")
         update_results(self.exp.dir, self.exp.corpus, row)
         log.info("%s: test %s, test frame acc %.2f%%, dev WER %.2f%% (%s)", name, wer, row["frame_acc"],
