@@ -127,8 +127,8 @@ def format_table1(table: Dict[str, Any]) -> List[str]:
     for source in ("live", "cache"):
         if source in table:
             st = table[source]
-            rows.append([f"student ({source})", _recipe_text(st.get("recipe", recipe)), pm(st, "frame_acc"), pm(st, "dev_frame_acc"),
-                         pm(st, "wer"), pm(st, "dev_wer"),
+            rows.append([f"student ({source})", _recipe_text(st.get("recipe", recipe)), pm(st, "frame_acc"),
+                         pm(st, "dev_frame_acc"), pm(st, "wer"), pm(st, "dev_wer"),
                          f"{st['recovered_fraction']:.2f} +- {st['recovered_fraction_std']:.2f}"])
     return [f"Table 1: T {table['T']:g}, alpha {table['alpha']:g}, {n} seed(s) each, mean +- sd "
             "(recipe: the overrides of the teachers' training)", *_markdown(rows)]

@@ -24,6 +24,7 @@ from lhotse import CutSet
 
 from ..fst import invert_symbols, read_symbols, read_tid2pdf
 from ..lang.lang_dir import decoding_vocabulary
+from ..provenance import file_fingerprint
 from ..results import update_results
 from ..utils import atomic_write_text, read_json, write_json
 from .backend import DecodingConfig, decode_loglikes, get_backend
@@ -122,9 +123,8 @@ class Scorer:
                       scales: Optional[Sequence[float]] = None) -> str:
         """A digest of all a results row depends on: equal digests, equal rows (the decoders are deterministic)."""
         h = hashlib.blake2b(digest_size=16)
-        graph = self.hclg.stat()
         settings = (kind, self.tuning, tuple(scales or self.scales), self.penalties, repr(self.config),
-                    str(self.hclg.resolve()), graph.st_size, graph.st_mtime_ns)
+                    file_fingerprint(self.hclg))
         h.update(repr(settings).encode())
         h.update(np.ascontiguousarray(self.tid2pdf).tobytes())
         for split in sorted(loglikes):
